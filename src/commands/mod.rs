@@ -1,0 +1,3 @@
+//! One file per CLI verb; `main.rs` only dispatches.
+
+pub mod check_config;

@@ -1,0 +1,590 @@
+//! The `inet egressd` table as a plain value. No I/O: built from a policy plus resolved
+//! addresses, printed in `nft` syntax by `Display` (golden tests, `nft -f` baseline), and turned
+//! into one netlink batch by `firewall::program`.
+//!
+//! Layout (see docs/rules.md):
+//! ```text
+//! table inet egressd {
+//!     counter allowed, counter denied
+//!     set dom4/dom6: daddr . l4proto . dport, flags timeout   (resolved domains, TTL + grace)
+//!     set net4/net6: daddr . l4proto . dport, flags interval  (static addresses and CIDRs)
+//!     chain output (hook output, priority filter, policy drop):
+//!         loopback                        accept
+//!         approved flow (ct mark bit)     accept      -- live flows survive element expiry
+//!         reply direction                 accept      -- answers to inbound connections
+//!         ICMPv6 neighbour discovery      accept      -- IPv6 needs it to work at all
+//!         lookup in dom4/net4/dom6/net6   mark flow, count, accept
+//!         rate-limited NFLOG
+//!         count, reject (tcp reset / icmpx admin-prohibited), or accept in report mode
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use crate::policy::{ContainerPolicy, Host, Mode, PortRange, Proto};
+
+/// The one table egressd owns in each container netns.
+pub const TABLE_NAME: &str = "egressd";
+/// The base chain.
+pub const CHAIN_NAME: &str = "output";
+/// The conntrack mark bit egressd sets on flows it approved. Only flows carrying it are
+/// accepted as established, so nothing opened before the table existed is grandfathered in.
+pub const APPROVED_MARK: u32 = 0x0100_0000;
+/// Largest number of ports one domain rule may expand to (one set element per port).
+pub const MAX_DOMAIN_PORTS: usize = 1024;
+/// Prefix of NFLOG messages for denied packets.
+pub const LOG_PREFIX_DENY: &str = "egressd-deny ";
+/// Prefix of NFLOG messages for packets report mode would have denied.
+pub const LOG_PREFIX_REPORT: &str = "egressd-report ";
+
+/// ICMPv6 link-local control types accepted in every table: router solicitation, neighbour
+/// solicitation and advertisement (without them IPv6 stops working on the link), and MLDv2
+/// listener reports (sent to ff02::16 with hop limit 1 whenever an interface comes up; denying
+/// them only fills the deny log). None of them is routed beyond the link.
+pub const ICMPV6_ND_TYPES: [(u8, &str); 4] = [
+    (133, "nd-router-solicit"),
+    (135, "nd-neighbor-solicit"),
+    (136, "nd-neighbor-advert"),
+    (143, "mld2-listener-report"),
+];
+
+/// The four sets of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetName {
+    /// Resolved IPv4 addresses, with timeouts.
+    Dom4,
+    /// Resolved IPv6 addresses, with timeouts.
+    Dom6,
+    /// Static IPv4 addresses and CIDRs (interval set).
+    Net4,
+    /// Static IPv6 addresses and CIDRs (interval set).
+    Net6,
+}
+
+impl SetName {
+    pub const ALL: [SetName; 4] = [SetName::Dom4, SetName::Net4, SetName::Dom6, SetName::Net6];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetName::Dom4 => "dom4",
+            SetName::Dom6 => "dom6",
+            SetName::Net4 => "net4",
+            SetName::Net6 => "net6",
+        }
+    }
+
+    pub fn is_v6(self) -> bool {
+        matches!(self, SetName::Dom6 | SetName::Net6)
+    }
+
+    pub fn is_interval(self) -> bool {
+        matches!(self, SetName::Net4 | SetName::Net6)
+    }
+
+    /// The set a destination of this family goes into.
+    pub fn for_addr(addr: IpAddr, interval: bool) -> SetName {
+        match (addr.is_ipv6(), interval) {
+            (false, false) => SetName::Dom4,
+            (true, false) => SetName::Dom6,
+            (false, true) => SetName::Net4,
+            (true, true) => SetName::Net6,
+        }
+    }
+}
+
+/// A static element: a CIDR (or single address), a protocol and a port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetElem {
+    pub net: IpNetwork,
+    pub proto: Proto,
+    pub ports: PortRange,
+}
+
+/// A resolved element: one address, protocol and port, allowed until its timeout runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddrElem {
+    pub addr: IpAddr,
+    pub proto: Proto,
+    pub port: u16,
+    pub timeout: Duration,
+}
+
+/// One address a domain resolved to, and how long it stays allowed (TTL + grace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResolvedAddr {
+    pub addr: IpAddr,
+    pub timeout: Duration,
+}
+
+/// Rate-limited NFLOG settings for denied packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    pub group: u16,
+    pub rate_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            group: 100,
+            rate_per_second: 10,
+            burst: 5,
+        }
+    }
+}
+
+/// Everything that goes into one container's `inet egressd` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub mode: Mode,
+    /// Deny everything but loopback and ICMPv6 neighbour discovery; ignore elements.
+    pub quarantined: bool,
+    pub log: LogSettings,
+    /// Static elements (net4/net6).
+    pub nets: Vec<NetElem>,
+    /// Resolved elements (dom4/dom6).
+    pub addrs: Vec<AddrElem>,
+}
+
+/// One rule of the output chain. Both the `nft` text and the netlink expressions are
+/// generated from this list, so the two cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainRule {
+    /// `oifname "lo" accept`
+    AcceptLoopback,
+    /// `ct mark & MARK == MARK accept`
+    AcceptApproved,
+    /// `ct direction reply accept`
+    AcceptReplies,
+    /// `icmpv6 type TYPE accept`
+    AcceptIcmpv6(u8),
+    /// `<daddr> . meta l4proto . th dport @SET ct mark set ct mark | MARK counter name "allowed" accept`
+    AllowSet(SetName),
+    /// `limit rate R/second burst B packets log prefix P group G`
+    Log,
+    /// `meta l4proto tcp counter name "denied" reject with tcp reset`
+    RejectTcp,
+    /// `counter name "denied" reject with icmpx admin-prohibited`
+    RejectOther,
+    /// Report mode: `counter name "denied" accept`
+    CountAndAccept,
+}
+
+impl Ruleset {
+    /// A deny-all table.
+    pub fn quarantine(log: LogSettings) -> Self {
+        Ruleset {
+            mode: Mode::Enforce,
+            quarantined: true,
+            log,
+            nets: Vec::new(),
+            addrs: Vec::new(),
+        }
+    }
+
+    /// Builds the table for a compiled policy. `resolved` maps each exact domain of the policy
+    /// to its current addresses; a domain with no entry contributes nothing (closed, not open).
+    /// Wildcard rules only get addresses through the DNS proxy, so they add nothing here.
+    pub fn from_policy(
+        policy: &ContainerPolicy,
+        resolved: &BTreeMap<String, Vec<ResolvedAddr>>,
+        log: LogSettings,
+    ) -> Self {
+        if policy.is_quarantined() {
+            return Ruleset::quarantine(log);
+        }
+        let mut nets = Vec::new();
+        let mut addrs = Vec::new();
+        for rule in &policy.rules {
+            match &rule.host {
+                Host::Net(net) => {
+                    for ports in &rule.ports {
+                        nets.push(NetElem {
+                            net: *net,
+                            proto: rule.proto,
+                            ports: *ports,
+                        });
+                    }
+                }
+                Host::Domain(name) => {
+                    let Some(found) = resolved.get(name) else {
+                        continue;
+                    };
+                    for ra in found {
+                        for port in expand_ports(&rule.ports) {
+                            addrs.push(AddrElem {
+                                addr: ra.addr,
+                                proto: rule.proto,
+                                port,
+                                timeout: ra.timeout,
+                            });
+                        }
+                    }
+                }
+                Host::Wildcard(_) => {}
+            }
+        }
+        let mut rs = Ruleset {
+            mode: policy.mode,
+            quarantined: false,
+            log,
+            nets,
+            addrs,
+        };
+        rs.normalize();
+        rs
+    }
+
+    /// Sorts and de-duplicates elements; for a resolved element present twice, the longest
+    /// timeout wins. Applying the same policy twice gives the same value.
+    pub fn normalize(&mut self) {
+        self.nets.sort();
+        self.nets.dedup();
+        self.addrs
+            .sort_by(|a, b| (a.addr, a.proto, a.port, b.timeout).cmp(&(b.addr, b.proto, b.port, a.timeout)));
+        self.addrs
+            .dedup_by(|later, first| (later.addr, later.proto, later.port) == (first.addr, first.proto, first.port));
+    }
+
+    /// The output chain, in order.
+    pub fn chain(&self) -> Vec<ChainRule> {
+        let mut rules = vec![ChainRule::AcceptLoopback];
+        if !self.quarantined {
+            rules.push(ChainRule::AcceptApproved);
+            rules.push(ChainRule::AcceptReplies);
+        }
+        rules.extend(ICMPV6_ND_TYPES.iter().map(|(t, _)| ChainRule::AcceptIcmpv6(*t)));
+        if !self.quarantined {
+            rules.extend(SetName::ALL.iter().map(|s| ChainRule::AllowSet(*s)));
+        }
+        rules.push(ChainRule::Log);
+        if self.mode == Mode::Report && !self.quarantined {
+            rules.push(ChainRule::CountAndAccept);
+        } else {
+            rules.push(ChainRule::RejectTcp);
+            rules.push(ChainRule::RejectOther);
+        }
+        rules
+    }
+
+    /// Static elements of one set.
+    pub fn nets_in(&self, set: SetName) -> impl Iterator<Item = &NetElem> {
+        let quarantined = self.quarantined;
+        self.nets
+            .iter()
+            .filter(move |e| !quarantined && SetName::for_addr(e.net.ip(), true) == set)
+    }
+
+    /// Resolved elements of one set.
+    pub fn addrs_in(&self, set: SetName) -> impl Iterator<Item = &AddrElem> {
+        let quarantined = self.quarantined;
+        self.addrs
+            .iter()
+            .filter(move |e| !quarantined && SetName::for_addr(e.addr, false) == set)
+    }
+
+    pub fn log_prefix(&self) -> &'static str {
+        if self.mode == Mode::Report && !self.quarantined {
+            LOG_PREFIX_REPORT
+        } else {
+            LOG_PREFIX_DENY
+        }
+    }
+}
+
+/// Every port of the ranges, capped at [`MAX_DOMAIN_PORTS`] (policy validation refuses more).
+pub fn expand_ports(ranges: &[PortRange]) -> impl Iterator<Item = u16> + '_ {
+    ranges
+        .iter()
+        .flat_map(|r| r.first..=r.last)
+        .take(MAX_DOMAIN_PORTS)
+}
+
+/// Key bytes of a resolved element, laid out as the kernel's registers hold them: the address,
+/// the protocol number padded to 4 bytes, the port in network order padded to 4 bytes.
+pub fn addr_key(addr: IpAddr, proto: Proto, port: u16) -> Vec<u8> {
+    let mut key = ip_bytes(addr);
+    key.extend_from_slice(&[proto.number(), 0, 0, 0]);
+    let p = port.to_be_bytes();
+    key.extend_from_slice(&[p[0], p[1], 0, 0]);
+    key
+}
+
+/// First and last key of a static element (inclusive range).
+pub fn net_key_range(e: &NetElem) -> (Vec<u8>, Vec<u8>) {
+    let first = addr_key(e.net.network(), e.proto, e.ports.first);
+    let last = addr_key(last_addr(e.net), e.proto, e.ports.last);
+    (first, last)
+}
+
+fn ip_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn last_addr(net: IpNetwork) -> IpAddr {
+    match net {
+        IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+        IpNetwork::V6(n) => {
+            let host_bits = 128 - u32::from(n.prefix());
+            let mask = if host_bits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << host_bits) - 1
+            };
+            IpAddr::V6((u128::from(n.network()) | mask).into())
+        }
+    }
+}
+
+fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    }
+}
+
+fn fmt_net(net: &IpNetwork) -> String {
+    let full = if net.is_ipv4() { 32 } else { 128 };
+    if net.prefix() == full {
+        net.ip().to_string()
+    } else {
+        format!("{}/{}", net.network(), net.prefix())
+    }
+}
+
+fn fmt_ports(p: &PortRange) -> String {
+    if p.first == p.last {
+        p.first.to_string()
+    } else {
+        format!("{}-{}", p.first, p.last)
+    }
+}
+
+impl fmt::Display for ChainRule {
+    /// The rule in `nft` syntax (without the ruleset context it needs for log settings, which
+    /// `Ruleset`'s `Display` fills in).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainRule::AcceptLoopback => write!(f, "oifname \"lo\" accept"),
+            ChainRule::AcceptApproved => write!(
+                f,
+                "ct mark & {APPROVED_MARK:#010x} == {APPROVED_MARK:#010x} accept"
+            ),
+            ChainRule::AcceptReplies => write!(f, "ct direction reply accept"),
+            ChainRule::AcceptIcmpv6(t) => {
+                let name = ICMPV6_ND_TYPES
+                    .iter()
+                    .find(|(n, _)| n == t)
+                    .map(|(_, s)| s.to_string())
+                    .unwrap_or_else(|| t.to_string());
+                write!(f, "icmpv6 type {name} accept")
+            }
+            ChainRule::AllowSet(set) => {
+                let daddr = if set.is_v6() { "ip6 daddr" } else { "ip daddr" };
+                write!(
+                    f,
+                    "{daddr} . meta l4proto . th dport @{} ct mark set ct mark | {APPROVED_MARK:#010x} counter name \"allowed\" accept",
+                    set.as_str()
+                )
+            }
+            ChainRule::Log => write!(f, "log"),
+            ChainRule::RejectTcp => {
+                write!(f, "meta l4proto tcp counter name \"denied\" reject with tcp reset")
+            }
+            ChainRule::RejectOther => write!(
+                f,
+                "counter name \"denied\" reject with icmpx admin-prohibited"
+            ),
+            ChainRule::CountAndAccept => write!(f, "counter name \"denied\" accept"),
+        }
+    }
+}
+
+impl fmt::Display for Ruleset {
+    /// The table in `nft -f` syntax.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table inet {TABLE_NAME} {{")?;
+        writeln!(f, "\tcounter allowed {{\n\t}}")?;
+        writeln!(f, "\tcounter denied {{\n\t}}")?;
+        for set in SetName::ALL {
+            let addr_type = if set.is_v6() { "ipv6_addr" } else { "ipv4_addr" };
+            writeln!(f, "\tset {} {{", set.as_str())?;
+            writeln!(f, "\t\ttype {addr_type} . inet_proto . inet_service")?;
+            let elems: Vec<String> = if set.is_interval() {
+                writeln!(f, "\t\tflags interval")?;
+                self.nets_in(set)
+                    .map(|e| {
+                        format!(
+                            "{} . {} . {}",
+                            fmt_net(&e.net),
+                            proto_name(e.proto),
+                            fmt_ports(&e.ports)
+                        )
+                    })
+                    .collect()
+            } else {
+                writeln!(f, "\t\tflags timeout")?;
+                self.addrs_in(set)
+                    .map(|e| {
+                        format!(
+                            "{} . {} . {} timeout {}ms",
+                            e.addr,
+                            proto_name(e.proto),
+                            e.port,
+                            e.timeout.as_millis().max(1)
+                        )
+                    })
+                    .collect()
+            };
+            if !elems.is_empty() {
+                writeln!(f, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "))?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        writeln!(f, "\tchain {CHAIN_NAME} {{")?;
+        writeln!(f, "\t\ttype filter hook output priority filter; policy drop;")?;
+        for rule in self.chain() {
+            match rule {
+                ChainRule::Log => writeln!(
+                    f,
+                    "\t\tlimit rate {}/second burst {} packets log prefix \"{}\" group {}",
+                    self.log.rate_per_second,
+                    self.log.burst,
+                    self.log_prefix(),
+                    self.log.group
+                )?,
+                other => writeln!(f, "\t\t{other}")?,
+            }
+        }
+        writeln!(f, "\t}}")?;
+        writeln!(f, "}}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Rule, RuleSource};
+
+    fn rule(host: Host, ports: &[(u16, u16)], proto: Proto) -> Rule {
+        Rule {
+            host,
+            ports: ports
+                .iter()
+                .map(|(a, b)| PortRange { first: *a, last: *b })
+                .collect(),
+            proto,
+            source: RuleSource::Label("egressd.allow".into()),
+        }
+    }
+
+    #[test]
+    fn keys_are_register_padded() {
+        let k = addr_key("10.1.2.3".parse().unwrap(), Proto::Tcp, 443);
+        assert_eq!(k, vec![10, 1, 2, 3, 6, 0, 0, 0, 0x01, 0xbb, 0, 0]);
+        let k6 = addr_key("::1".parse().unwrap(), Proto::Udp, 53);
+        assert_eq!(k6.len(), 24);
+        assert_eq!(&k6[16..], &[17, 0, 0, 0, 0, 53, 0, 0]);
+    }
+
+    #[test]
+    fn net_range_covers_the_cidr_and_ports() {
+        let e = NetElem {
+            net: "10.0.0.0/8".parse().unwrap(),
+            proto: Proto::Tcp,
+            ports: PortRange { first: 8000, last: 8100 },
+        };
+        let (a, b) = net_key_range(&e);
+        assert_eq!(&a[..4], &[10, 0, 0, 0]);
+        assert_eq!(&b[..4], &[10, 255, 255, 255]);
+        assert_eq!(&a[8..10], &8000u16.to_be_bytes());
+        assert_eq!(&b[8..10], &8100u16.to_be_bytes());
+        let e6 = NetElem {
+            net: "fd00::/8".parse().unwrap(),
+            proto: Proto::Udp,
+            ports: PortRange { first: 1, last: 1 },
+        };
+        let (a, b) = net_key_range(&e6);
+        assert_eq!(a[0], 0xfd);
+        assert_eq!(&b[1..16], &[0xff; 15]);
+    }
+
+    #[test]
+    fn quarantine_has_no_allow_rules_and_no_elements() {
+        let mut policy = ContainerPolicy::quarantine(vec!["bad label".into()]);
+        policy.rules.push(rule(Host::Net("10.0.0.0/8".parse().unwrap()), &[(443, 443)], Proto::Tcp));
+        let rs = Ruleset::from_policy(&policy, &BTreeMap::new(), LogSettings::default());
+        assert!(rs.quarantined);
+        assert!(rs.nets.is_empty() && rs.addrs.is_empty());
+        let chain = rs.chain();
+        assert!(!chain.iter().any(|r| matches!(r, ChainRule::AllowSet(_) | ChainRule::AcceptApproved | ChainRule::AcceptReplies | ChainRule::CountAndAccept)));
+        assert_eq!(chain.last(), Some(&ChainRule::RejectOther));
+    }
+
+    #[test]
+    fn report_mode_accepts_at_the_end_and_quarantine_overrides_it() {
+        let policy = ContainerPolicy {
+            mode: Mode::Report,
+            ..Default::default()
+        };
+        let rs = Ruleset::from_policy(&policy, &BTreeMap::new(), LogSettings::default());
+        assert_eq!(rs.chain().last(), Some(&ChainRule::CountAndAccept));
+        let mut q = rs.clone();
+        q.quarantined = true;
+        assert_eq!(q.chain().last(), Some(&ChainRule::RejectOther));
+    }
+
+    #[test]
+    fn domains_expand_per_address_and_port_and_unresolved_stay_closed() {
+        let policy = ContainerPolicy {
+            rules: vec![
+                rule(Host::Domain("api.example.com".into()), &[(80, 80), (443, 443)], Proto::Tcp),
+                rule(Host::Domain("unresolved.example.com".into()), &[(443, 443)], Proto::Tcp),
+                rule(Host::Wildcard("example.org".into()), &[(443, 443)], Proto::Tcp),
+            ],
+            ..Default::default()
+        };
+        let mut resolved = BTreeMap::new();
+        resolved.insert(
+            "api.example.com".to_string(),
+            vec![
+                ResolvedAddr { addr: "192.0.2.1".parse().unwrap(), timeout: Duration::from_secs(90) },
+                ResolvedAddr { addr: "2001:db8::1".parse().unwrap(), timeout: Duration::from_secs(30) },
+            ],
+        );
+        let rs = Ruleset::from_policy(&policy, &resolved, LogSettings::default());
+        assert_eq!(rs.addrs.len(), 4);
+        assert_eq!(rs.addrs_in(SetName::Dom4).count(), 2);
+        assert_eq!(rs.addrs_in(SetName::Dom6).count(), 2);
+        assert!(rs.nets.is_empty());
+    }
+
+    #[test]
+    fn normalize_keeps_longest_timeout() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut rs = Ruleset::quarantine(LogSettings::default());
+        rs.quarantined = false;
+        rs.addrs = vec![
+            AddrElem { addr: a, proto: Proto::Tcp, port: 443, timeout: Duration::from_secs(5) },
+            AddrElem { addr: a, proto: Proto::Tcp, port: 443, timeout: Duration::from_secs(50) },
+        ];
+        rs.normalize();
+        assert_eq!(rs.addrs.len(), 1);
+        assert_eq!(rs.addrs[0].timeout, Duration::from_secs(50));
+    }
+
+    #[test]
+    fn port_expansion_is_capped() {
+        let r = [PortRange { first: 1, last: 65535 }];
+        assert_eq!(expand_ports(&r).count(), MAX_DOMAIN_PORTS);
+    }
+}

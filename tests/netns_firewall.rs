@@ -103,11 +103,16 @@ fn cidr_rules_with_port_ranges_work_for_both_families() {
     let mut rs = ruleset();
     rs.nets.push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
     rs.nets.push(net(&format!("fd00:{t}::/64"), Proto::Tcp, 8000, 8000));
+    // Overlapping rules (from several profiles or labels) must not make the kernel refuse the set.
+    rs.nets.push(net(&format!("10.{t}.0.1/32"), Proto::Tcp, 8050, 8200));
+    rs.nets.push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
+    rs.nets.push(net(&format!("fd00:{t}::3/128"), Proto::Tcp, 8000, 8000));
     fw.apply(&rs).unwrap();
     fw.verify(&rs).unwrap();
     pair.tcp_roundtrip(pair.v4(1), 8000).unwrap();
     pair.tcp_roundtrip(pair.v4(3), 8100).unwrap();
-    assert!(refused(pair.connect(pair.v4(1), 8101)));
+    assert!(refused(pair.connect(pair.v4(3), 8101)));
+    pair.tcp_roundtrip(pair.v4(1), 8101).expect("the /32 rule widens the ports of one address");
     pair.tcp_roundtrip(pair.v6(3), 8000).unwrap();
     assert!(refused(pair.connect(pair.v6(1), 8100)));
 }

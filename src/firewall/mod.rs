@@ -171,7 +171,7 @@ impl NsFirewall {
                 }
             }
             if set.is_interval() {
-                let want = ruleset.nets_in(set).count();
+                let want = ruleset.nets_in(set).len();
                 let got = self.count_elems(set)?;
                 // The kernel stores an interval element as one element (concatenated ranges).
                 if got != want {

@@ -134,7 +134,7 @@ pub fn replace_table(rs: &Ruleset) -> (FinalizedBatch, Vec<String>) {
         let mut any = false;
         if set.is_interval() {
             for e in rs.nets_in(set) {
-                let (key, end) = net_key_range(e);
+                let (key, end) = net_key_range(&e);
                 s.add_elem(&Elem {
                     key,
                     key_end: Some(end),

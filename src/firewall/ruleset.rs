@@ -244,8 +244,7 @@ impl Ruleset {
     /// Sorts and de-duplicates elements; for a resolved element present twice, the longest
     /// timeout wins. Applying the same policy twice gives the same value.
     pub fn normalize(&mut self) {
-        self.nets.sort();
-        self.nets.dedup();
+        self.nets = disjoint_nets(&self.nets);
         self.addrs
             .sort_by(|a, b| (a.addr, a.proto, a.port, b.timeout).cmp(&(b.addr, b.proto, b.port, a.timeout)));
         self.addrs
@@ -273,12 +272,18 @@ impl Ruleset {
         rules
     }
 
-    /// Static elements of one set.
-    pub fn nets_in(&self, set: SetName) -> impl Iterator<Item = &NetElem> {
-        let quarantined = self.quarantined;
-        self.nets
+    /// Static elements of one set, made disjoint (see [`disjoint_nets`]) as the kernel needs.
+    pub fn nets_in(&self, set: SetName) -> Vec<NetElem> {
+        if self.quarantined {
+            return Vec::new();
+        }
+        let mine: Vec<NetElem> = self
+            .nets
             .iter()
-            .filter(move |e| !quarantined && SetName::for_addr(e.net.ip(), true) == set)
+            .filter(|e| SetName::for_addr(e.net.ip(), true) == set)
+            .copied()
+            .collect();
+        disjoint_nets(&mine)
     }
 
     /// Resolved elements of one set.
@@ -296,6 +301,50 @@ impl Ruleset {
             LOG_PREFIX_DENY
         }
     }
+}
+
+/// Rewrites static elements so no two overlap: interval sets refuse overlapping elements, and
+/// rules from several profiles and labels may overlap (nested CIDRs, shared ports). CIDRs are
+/// either nested or disjoint, so it is enough to remove from each element the ports that an
+/// enclosing (or equal, earlier) CIDR of the same protocol already allows. The set of allowed
+/// (address, protocol, port) triples does not change.
+pub fn disjoint_nets(nets: &[NetElem]) -> Vec<NetElem> {
+    let mut sorted: Vec<NetElem> = nets.to_vec();
+    // Wider CIDRs first, so every enclosing element is handled before the ones inside it.
+    sorted.sort_by_key(|e| (e.proto, e.net.is_ipv6(), e.net.prefix(), e.net.network(), e.ports));
+    let mut out: Vec<NetElem> = Vec::new();
+    for e in sorted {
+        let mut remaining = vec![e.ports];
+        for kept in out.iter().filter(|k| {
+            k.proto == e.proto
+                && k.net.is_ipv6() == e.net.is_ipv6()
+                && k.net.prefix() <= e.net.prefix()
+                && k.net.contains(e.net.network())
+        }) {
+            remaining = remaining
+                .into_iter()
+                .flat_map(|r| subtract(r, kept.ports))
+                .collect();
+        }
+        out.extend(remaining.into_iter().map(|ports| NetElem { ports, ..e }));
+    }
+    out.sort();
+    out
+}
+
+/// `a` minus `b`: zero, one or two ranges.
+fn subtract(a: PortRange, b: PortRange) -> Vec<PortRange> {
+    if b.last < a.first || b.first > a.last {
+        return vec![a];
+    }
+    let mut out = Vec::new();
+    if b.first > a.first {
+        out.push(PortRange { first: a.first, last: b.first - 1 });
+    }
+    if b.last < a.last {
+        out.push(PortRange { first: b.last + 1, last: a.last });
+    }
+    out
 }
 
 /// Every port of the ranges, capped at [`MAX_DOMAIN_PORTS`] (policy validation refuses more).
@@ -422,6 +471,7 @@ impl fmt::Display for Ruleset {
             let elems: Vec<String> = if set.is_interval() {
                 writeln!(f, "\t\tflags interval")?;
                 self.nets_in(set)
+                    .iter()
                     .map(|e| {
                         format!(
                             "{} . {} . {}",
@@ -580,6 +630,44 @@ mod tests {
         rs.normalize();
         assert_eq!(rs.addrs.len(), 1);
         assert_eq!(rs.addrs[0].timeout, Duration::from_secs(50));
+    }
+
+    #[test]
+    fn overlapping_static_elements_become_disjoint_without_changing_what_is_allowed() {
+        let e = |net: &str, proto, a, b| NetElem {
+            net: net.parse().unwrap(),
+            proto,
+            ports: PortRange { first: a, last: b },
+        };
+        let input = vec![
+            e("10.1.0.0/16", Proto::Tcp, 80, 443),
+            e("10.0.0.0/8", Proto::Tcp, 443, 443),
+            e("10.0.0.0/8", Proto::Tcp, 443, 443),
+            e("10.1.2.3/32", Proto::Tcp, 1, 65535),
+            e("10.1.0.0/16", Proto::Udp, 53, 53),
+            e("192.168.0.0/16", Proto::Tcp, 443, 443),
+        ];
+        let out = disjoint_nets(&input);
+        // No two elements overlap in address, protocol and port.
+        for (i, a) in out.iter().enumerate() {
+            for b in &out[i + 1..] {
+                let addr = a.net.contains(b.net.network()) || b.net.contains(a.net.network());
+                let ports = a.ports.first <= b.ports.last && b.ports.first <= a.ports.last;
+                assert!(!(a.proto == b.proto && addr && ports), "{a:?} overlaps {b:?}");
+            }
+        }
+        // Every probe is allowed by the output exactly when it is allowed by the input.
+        let allows = |set: &[NetElem], ip: &str, proto, port| {
+            let ip: IpAddr = ip.parse().unwrap();
+            set.iter().any(|x| x.proto == proto && x.net.contains(ip) && x.ports.first <= port && port <= x.ports.last)
+        };
+        for ip in ["10.1.2.3", "10.1.9.9", "10.200.0.1", "192.168.1.1", "172.16.0.1"] {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                for port in [1, 53, 79, 80, 81, 442, 443, 444, 8080, 65535] {
+                    assert_eq!(allows(&input, ip, proto, port), allows(&out, ip, proto, port), "{ip} {proto:?} {port}");
+                }
+            }
+        }
     }
 
     #[test]

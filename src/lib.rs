@@ -4,8 +4,19 @@
 //! - [`policy`]: labels, profiles and config → a validated [`policy::ContainerPolicy`] (pure).
 //! - [`firewall`]: the `inet egressd` table: a pure [`firewall::Ruleset`] value, and the
 //!   netlink engine that programs it inside a network namespace.
+//! - [`resolver`]: resolve mode's shared DNS cache (TTL arithmetic) and upstream queries.
+//! - [`docker`]: the Docker API (bollard): containers, events.
+//! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
+//! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
+//! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
 pub mod commands;
+pub mod control;
+pub mod daemon;
+pub mod docker;
 pub mod firewall;
 pub mod policy;
+pub mod reconciler;
+pub mod resolver;
+pub mod status;

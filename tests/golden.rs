@@ -15,8 +15,10 @@ fn root() -> PathBuf {
 }
 
 fn render(case: &Path) -> String {
-    let mut config = Config::default();
-    config.profile_dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")];
+    let config = Config {
+        profile_dirs: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")],
+        ..Config::default()
+    };
     let profiles = config.load_profiles();
     assert!(profiles.errors().is_empty(), "shipped profiles are valid");
     let labels: BTreeMap<String, String> = std::fs::read_to_string(case.join("labels"))
@@ -29,15 +31,21 @@ fn render(case: &Path) -> String {
         })
         .collect();
     let mut resolved: BTreeMap<String, Vec<ResolvedAddr>> = BTreeMap::new();
-    for line in std::fs::read_to_string(case.join("resolved")).unwrap().lines() {
+    for line in std::fs::read_to_string(case.join("resolved"))
+        .unwrap()
+        .lines()
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() != 3 {
             continue;
         }
-        resolved.entry(f[0].to_string()).or_default().push(ResolvedAddr {
-            addr: f[1].parse().unwrap(),
-            timeout: Duration::from_secs(f[2].parse().unwrap()),
-        });
+        resolved
+            .entry(f[0].to_string())
+            .or_default()
+            .push(ResolvedAddr {
+                addr: f[1].parse().unwrap(),
+                timeout: Duration::from_secs(f[2].parse().unwrap()),
+            });
     }
     let policy = policy::compile(&labels, &config, &profiles).expect("opted in");
     let rs = Ruleset::from_policy(&policy, &resolved, LogSettings::default());
@@ -72,13 +80,24 @@ fn golden_cases() {
         let want = std::fs::read_to_string(&path).unwrap_or_default();
         if got != want {
             let mut diff = String::new();
-            for (i, (g, w)) in got.lines().zip(want.lines().chain(std::iter::repeat(""))).enumerate() {
+            for (i, (g, w)) in got
+                .lines()
+                .zip(want.lines().chain(std::iter::repeat("")))
+                .enumerate()
+            {
                 if g != w {
-                    diff.push_str(&format!("  line {}:\n    want: {w}\n    got:  {g}\n", i + 1));
+                    diff.push_str(&format!(
+                        "  line {}:\n    want: {w}\n    got:  {g}\n",
+                        i + 1
+                    ));
                 }
             }
             failures.push(format!("{}:\n{diff}", case.display()));
         }
     }
-    assert!(failures.is_empty(), "golden mismatches (EGRESSD_BLESS=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches (EGRESSD_BLESS=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }

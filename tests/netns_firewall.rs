@@ -41,7 +41,10 @@ fn net(cidr: &str, proto: Proto, first: u16, last: u16) -> NetElem {
 }
 
 fn refused(r: std::io::Result<impl Sized>) -> bool {
-    matches!(r.map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused))
+    matches!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionRefused)
+    )
 }
 
 fn open(pair: &Pair) -> NsFirewall {
@@ -66,7 +69,10 @@ fn allowed_address_and_port_connect_everything_else_is_rejected_fast() {
     pair.tcp_roundtrip(a1, 443).expect("allowed addr+port");
     // Rejected with a TCP reset (ConnectionRefused), not a 3 s connect timeout.
     assert!(refused(pair.connect(a1, 8443)), "same address, other port");
-    assert!(refused(pair.connect(a3, 443)), "other address, allowed port");
+    assert!(
+        refused(pair.connect(a3, 443)),
+        "other address, allowed port"
+    );
     let c = fw.counters().unwrap();
     assert!(c.denied_packets >= 2, "denied counter moved: {c:?}");
     assert!(c.allowed_packets >= 1, "allowed counter moved: {c:?}");
@@ -101,18 +107,24 @@ fn cidr_rules_with_port_ranges_work_for_both_families() {
     let t = pair.t;
     let fw = open(&pair);
     let mut rs = ruleset();
-    rs.nets.push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
-    rs.nets.push(net(&format!("fd00:{t}::/64"), Proto::Tcp, 8000, 8000));
+    rs.nets
+        .push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
+    rs.nets
+        .push(net(&format!("fd00:{t}::/64"), Proto::Tcp, 8000, 8000));
     // Overlapping rules (from several profiles or labels) must not make the kernel refuse the set.
-    rs.nets.push(net(&format!("10.{t}.0.1/32"), Proto::Tcp, 8050, 8200));
-    rs.nets.push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
-    rs.nets.push(net(&format!("fd00:{t}::3/128"), Proto::Tcp, 8000, 8000));
+    rs.nets
+        .push(net(&format!("10.{t}.0.1/32"), Proto::Tcp, 8050, 8200));
+    rs.nets
+        .push(net(&format!("10.{t}.0.0/24"), Proto::Tcp, 8000, 8100));
+    rs.nets
+        .push(net(&format!("fd00:{t}::3/128"), Proto::Tcp, 8000, 8000));
     fw.apply(&rs).unwrap();
     fw.verify(&rs).unwrap();
     pair.tcp_roundtrip(pair.v4(1), 8000).unwrap();
     pair.tcp_roundtrip(pair.v4(3), 8100).unwrap();
     assert!(refused(pair.connect(pair.v4(3), 8101)));
-    pair.tcp_roundtrip(pair.v4(1), 8101).expect("the /32 rule widens the ports of one address");
+    pair.tcp_roundtrip(pair.v4(1), 8101)
+        .expect("the /32 rule widens the ports of one address");
     pair.tcp_roundtrip(pair.v6(3), 8000).unwrap();
     assert!(refused(pair.connect(pair.v6(1), 8100)));
 }
@@ -128,12 +140,22 @@ fn udp_rules_allow_only_their_port_and_reject_the_rest() {
     rs.addrs.push(addr(pair.v4(1), Proto::Udp, 5353, 300));
     rs.addrs.push(addr(pair.v6(1), Proto::Udp, 5353, 300));
     fw.apply(&rs).unwrap();
-    pair.udp_roundtrip(pair.v4(1), 5353).expect("allowed udp v4");
-    pair.udp_roundtrip(pair.v6(1), 5353).expect("allowed udp v6");
+    pair.udp_roundtrip(pair.v4(1), 5353)
+        .expect("allowed udp v4");
+    pair.udp_roundtrip(pair.v6(1), 5353)
+        .expect("allowed udp v6");
     // icmpx admin-prohibited reaches the socket as an error, not as silence.
     let e = pair.udp_roundtrip(pair.v4(1), 5354).unwrap_err();
-    assert_ne!(e.kind(), ErrorKind::WouldBlock, "rejected, not timed out: {e}");
-    assert_ne!(e.kind(), ErrorKind::TimedOut, "rejected, not timed out: {e}");
+    assert_ne!(
+        e.kind(),
+        ErrorKind::WouldBlock,
+        "rejected, not timed out: {e}"
+    );
+    assert_ne!(
+        e.kind(),
+        ErrorKind::TimedOut,
+        "rejected, not timed out: {e}"
+    );
     // A UDP rule does not open TCP on the same port.
     assert!(refused(pair.connect(pair.v4(1), 5353)));
 }
@@ -170,7 +192,10 @@ fn connection_opened_before_the_table_is_cut() {
     let mut rs = ruleset();
     rs.addrs.push(addr(pair.v4(1), Proto::Tcp, 443, 300));
     fw.apply(&rs).unwrap();
-    assert!(echo(&mut old).is_err(), "pre-existing flow must not be grandfathered in");
+    assert!(
+        echo(&mut old).is_err(),
+        "pre-existing flow must not be grandfathered in"
+    );
     pair.tcp_roundtrip(pair.v4(1), 443).unwrap();
 }
 
@@ -195,7 +220,9 @@ fn replacing_the_table_under_a_probe_loop_never_lets_a_forbidden_connection_thro
                 Ok(std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         tries.fetch_add(1, Ordering::Relaxed);
-                        if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok() {
+                        if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))
+                            .is_ok()
+                        {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -214,7 +241,11 @@ fn replacing_the_table_under_a_probe_loop_never_lets_a_forbidden_connection_thro
     // A thread spawned from the netns thread inherits its namespace; join it.
     probe.join().unwrap();
     assert!(tries.load(Ordering::Relaxed) > 10, "the probe ran");
-    assert_eq!(ok.load(Ordering::Relaxed), 0, "forbidden connections that got through");
+    assert_eq!(
+        ok.load(Ordering::Relaxed),
+        0,
+        "forbidden connections that got through"
+    );
     pair.tcp_roundtrip(pair.v4(1), 443).unwrap();
 }
 
@@ -228,16 +259,22 @@ fn an_unrelated_nat_table_keeps_working_across_apply_and_delete() {
         "table ip fakedocker {{\n chain output {{\n  type nat hook output priority -100; policy accept;\n  ip daddr 10.{t}.0.99 tcp dport 80 dnat to 10.{t}.0.1:8080\n }}\n}}\n"
     ));
     let vip: IpAddr = format!("10.{t}.0.99").parse().unwrap();
-    pair.tcp_roundtrip(vip, 80).expect("nat works without egressd");
+    pair.tcp_roundtrip(vip, 80)
+        .expect("nat works without egressd");
     let fw = open(&pair);
     let mut rs = ruleset();
     rs.addrs.push(addr(pair.v4(1), Proto::Tcp, 8080, 300));
     fw.apply(&rs).unwrap();
     fw.apply(&rs).unwrap();
-    pair.tcp_roundtrip(vip, 80).expect("nat + egressd: the translated flow is allowed");
-    assert!(pair.nft(&["list", "table", "ip", "fakedocker"]).contains("dnat to"));
+    pair.tcp_roundtrip(vip, 80)
+        .expect("nat + egressd: the translated flow is allowed");
+    assert!(
+        pair.nft(&["list", "table", "ip", "fakedocker"])
+            .contains("dnat to")
+    );
     fw.delete_table().unwrap();
-    fw.delete_table().expect("deleting a missing table is not an error");
+    fw.delete_table()
+        .expect("deleting a missing table is not an error");
     assert!(!fw.table_exists().unwrap());
     assert!(pair.nft(&["list", "tables"]).contains("fakedocker"));
     pair.tcp_roundtrip(vip, 80).unwrap();
@@ -255,7 +292,12 @@ fn fifty_thousand_elements_apply_in_one_batch() {
     }
     rs.addrs.push(addr(pair.v4(1), Proto::Tcp, 443, 600));
     for i in 0..200u32 {
-        rs.nets.push(net(&format!("172.{}.{}.0/24", 16 + i / 256, i % 256), Proto::Tcp, 443, 443));
+        rs.nets.push(net(
+            &format!("172.{}.{}.0/24", 16 + i / 256, i % 256),
+            Proto::Tcp,
+            443,
+            443,
+        ));
     }
     rs.normalize();
     fw.apply(&rs).expect("50k-element batch");
@@ -282,9 +324,11 @@ fn add_refreshes_and_remove_deletes_elements_present_or_not() {
     fw.add_addrs(&[addr(a, Proto::Tcp, 443, 600)]).unwrap();
     std::thread::sleep(Duration::from_secs(4));
     pair.tcp_roundtrip(a, 443).expect("timeout was refreshed");
-    fw.remove_addrs(&[e, addr(pair.v4(3), Proto::Tcp, 443, 1)]).expect("remove, one absent");
+    fw.remove_addrs(&[e, addr(pair.v4(3), Proto::Tcp, 443, 1)])
+        .expect("remove, one absent");
     assert!(refused(pair.connect(a, 443)));
-    fw.remove_addrs(&[e]).expect("removing again is not an error");
+    fw.remove_addrs(&[e])
+        .expect("removing again is not an error");
 }
 
 #[test]
@@ -301,14 +345,18 @@ fn quarantine_denies_everything_but_loopback() {
     fw.apply(&q).unwrap();
     fw.verify(&q).unwrap();
     assert!(refused(pair.connect(pair.v4(1), 443)));
-    assert!(echo(&mut live).is_err(), "quarantine cuts approved flows too");
+    assert!(
+        echo(&mut live).is_err(),
+        "quarantine cuts approved flows too"
+    );
     // Loopback still works inside the namespace.
     let l = pair
         .client
         .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let port = l.local_addr().unwrap().port();
-    pair.connect("127.0.0.1".parse().unwrap(), port).expect("loopback");
+    pair.connect("127.0.0.1".parse().unwrap(), port)
+        .expect("loopback");
 }
 
 #[test]
@@ -321,7 +369,8 @@ fn report_mode_denies_nothing_but_counts_what_it_would_deny() {
     rs.mode = Mode::Report;
     rs.addrs.push(addr(pair.v4(1), Proto::Tcp, 443, 300));
     fw.apply(&rs).unwrap();
-    pair.tcp_roundtrip(pair.v4(1), 9000).expect("report mode lets it through");
+    pair.tcp_roundtrip(pair.v4(1), 9000)
+        .expect("report mode lets it through");
     assert!(fw.counters().unwrap().denied_packets >= 1);
 }
 
@@ -336,14 +385,19 @@ fn verify_reports_a_table_changed_behind_our_back() {
     pair.nft(&["flush", "chain", "inet", "egressd", "output"]);
     let err = fw.verify(&rs).unwrap_err().to_string();
     assert!(err.contains("rules in chain output"), "{err}");
-    assert!(err.contains("netns /var/run/netns/"), "error names the namespace: {err}");
+    assert!(
+        err.contains("netns /var/run/netns/"),
+        "error names the namespace: {err}"
+    );
 }
 
 #[test]
 fn errors_name_the_namespace() {
-    let err = NsFirewall::open(&egressd::firewall::Netns::named("egressd-test-does-not-exist"))
-        .err()
-        .expect("missing netns");
+    let err = NsFirewall::open(&egressd::firewall::Netns::named(
+        "egressd-test-does-not-exist",
+    ))
+    .err()
+    .expect("missing netns");
     let msg = err.to_string();
     assert!(msg.contains("egressd-test-does-not-exist"), "{msg}");
 }
@@ -379,10 +433,24 @@ fn nft_json_shows_the_documented_structure() {
     let names: Vec<&str> = sets.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 4, "{names:?}");
     for s in &sets {
-        let ty: Vec<&str> = s["type"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-        let addr_ty = if s["name"].as_str().unwrap().ends_with('6') { "ipv6_addr" } else { "ipv4_addr" };
+        let ty: Vec<&str> = s["type"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let addr_ty = if s["name"].as_str().unwrap().ends_with('6') {
+            "ipv6_addr"
+        } else {
+            "ipv4_addr"
+        };
         assert_eq!(ty, [addr_ty, "inet_proto", "inet_service"], "{s}");
-        let flags: Vec<&str> = s["flags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let flags: Vec<&str> = s["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
         if s["name"].as_str().unwrap().starts_with("dom") {
             assert!(flags.contains(&"timeout"), "{s}");
         } else {
@@ -411,5 +479,6 @@ fn display_output_is_accepted_by_nft_and_enforces_the_same() {
     assert!(refused(pair.connect(pair.v4(1), 8443)));
     // Loaded by text, read back by the engine: the same structure.
     let fw = open(&pair);
-    fw.verify(&rs).expect("text and netlink give the same table");
+    fw.verify(&rs)
+        .expect("text and netlink give the same table");
 }

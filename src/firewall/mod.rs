@@ -69,10 +69,12 @@ impl NsFirewall {
     /// Opens a netfilter socket inside `netns`.
     pub fn open(netns: &Netns) -> Result<Self, FirewallError> {
         let name = netns.to_string();
-        let sock = netns.run(NfSocket::open).map_err(|source| FirewallError::Open {
-            netns: name.clone(),
-            source,
-        })?;
+        let sock = netns
+            .run(NfSocket::open)
+            .map_err(|source| FirewallError::Open {
+                netns: name.clone(),
+                source,
+            })?;
         set_recv_timeout(&sock, Duration::from_secs(10)).map_err(|source| FirewallError::Open {
             netns: name.clone(),
             source,
@@ -148,12 +150,16 @@ impl NsFirewall {
             .map(|(_, n)| *n)
             .unwrap_or(0);
         if got_rules != want_rules {
-            diff.push(format!("{got_rules} rules in chain output, want {want_rules}"));
+            diff.push(format!(
+                "{got_rules} rules in chain output, want {want_rules}"
+            ));
         }
         let mut counters: Vec<&str> = dump.counters.iter().map(|(n, _, _)| n.as_str()).collect();
         counters.sort_unstable();
         if counters != ["allowed", "denied"] {
-            diff.push(format!("counters {counters:?}, want [\"allowed\", \"denied\"]"));
+            diff.push(format!(
+                "counters {counters:?}, want [\"allowed\", \"denied\"]"
+            ));
         }
         for set in SetName::ALL {
             let spec = program::set_spec(set);

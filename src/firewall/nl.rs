@@ -130,7 +130,10 @@ impl Expr {
     /// `counter name "NAME"`: count into a named counter object.
     pub fn counter_ref(name: &CStr) -> Self {
         Expr::new(c"objref")
-            .with(sys::NFTNL_EXPR_OBJREF_IMM_TYPE, Val::U32(NFT_OBJECT_COUNTER))
+            .with(
+                sys::NFTNL_EXPR_OBJREF_IMM_TYPE,
+                Val::U32(NFT_OBJECT_COUNTER),
+            )
             .with(sys::NFTNL_EXPR_OBJREF_IMM_NAME, Val::Str(name.to_owned()))
     }
 
@@ -827,7 +830,12 @@ pub fn dump_table(sock: &NfSocket, table: &str, family: u16) -> io::Result<Table
 }
 
 /// Counts the elements of one set (reading the whole dump).
-pub fn count_set_elems(sock: &NfSocket, table: &CStr, family: u16, set: &CStr) -> io::Result<usize> {
+pub fn count_set_elems(
+    sock: &NfSocket,
+    table: &CStr,
+    family: u16,
+    set: &CStr,
+) -> io::Result<usize> {
     let mut n = 0;
     for raw in sock.dump(&dump_set_elems_request(table, family, set, 5))? {
         // SAFETY: as in `dump_table`.

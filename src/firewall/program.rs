@@ -3,12 +3,13 @@
 
 use std::ffi::CString;
 
-use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
+};
 
 use super::nl::{self, Elem, Expr, REG_1, REG32_00, SetSpec};
 use super::ruleset::{
-    self, APPROVED_MARK, AddrElem, ChainRule, Ruleset, SetName, TABLE_NAME, addr_key,
-    net_key_range,
+    self, APPROVED_MARK, AddrElem, ChainRule, Ruleset, SetName, TABLE_NAME, addr_key, net_key_range,
 };
 use crate::policy::Proto;
 
@@ -149,7 +150,11 @@ pub fn replace_table(rs: &Ruleset) -> (FinalizedBatch, Vec<String>) {
             }
         }
         if any {
-            b.elems(&s, MsgType::Add, &format!("add elements to set {}", set.as_str()));
+            b.elems(
+                &s,
+                MsgType::Add,
+                &format!("add elements to set {}", set.as_str()),
+            );
         }
     }
 
@@ -182,7 +187,11 @@ fn addr_elem(e: &AddrElem) -> Elem {
     Elem {
         key: addr_key(e.addr, e.proto, e.port),
         key_end: None,
-        timeout_ms: Some(u64::try_from(e.timeout.as_millis()).unwrap_or(u64::MAX).max(1)),
+        timeout_ms: Some(
+            u64::try_from(e.timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        ),
     }
 }
 
@@ -192,7 +201,10 @@ fn sets_of(elems: &[AddrElem]) -> Vec<(SetName, nl::Set)> {
         .filter_map(|name| {
             let mut set = new_set(name);
             let mut any = false;
-            for e in elems.iter().filter(|e| SetName::for_addr(e.addr, false) == name) {
+            for e in elems
+                .iter()
+                .filter(|e| SetName::for_addr(e.addr, false) == name)
+            {
                 set.add_elem(&addr_elem(e));
                 any = true;
             }
@@ -205,7 +217,11 @@ fn sets_of(elems: &[AddrElem]) -> Vec<(SetName, nl::Set)> {
 pub fn add_addrs(elems: &[AddrElem]) -> (FinalizedBatch, Vec<String>) {
     let mut b = Builder::new();
     for (name, set) in sets_of(elems) {
-        b.elems(&set, MsgType::Add, &format!("add elements to set {}", name.as_str()));
+        b.elems(
+            &set,
+            MsgType::Add,
+            &format!("add elements to set {}", name.as_str()),
+        );
     }
     b.finish()
 }
@@ -215,8 +231,16 @@ pub fn add_addrs(elems: &[AddrElem]) -> (FinalizedBatch, Vec<String>) {
 pub fn remove_addrs(elems: &[AddrElem]) -> (FinalizedBatch, Vec<String>) {
     let mut b = Builder::new();
     for (name, set) in sets_of(elems) {
-        b.elems(&set, MsgType::Add, &format!("add elements to set {}", name.as_str()));
-        b.elems(&set, MsgType::Del, &format!("delete elements from set {}", name.as_str()));
+        b.elems(
+            &set,
+            MsgType::Add,
+            &format!("add elements to set {}", name.as_str()),
+        );
+        b.elems(
+            &set,
+            MsgType::Del,
+            &format!("delete elements from set {}", name.as_str()),
+        );
     }
     b.finish()
 }

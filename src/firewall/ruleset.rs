@@ -245,10 +245,12 @@ impl Ruleset {
     /// timeout wins. Applying the same policy twice gives the same value.
     pub fn normalize(&mut self) {
         self.nets = disjoint_nets(&self.nets);
-        self.addrs
-            .sort_by(|a, b| (a.addr, a.proto, a.port, b.timeout).cmp(&(b.addr, b.proto, b.port, a.timeout)));
-        self.addrs
-            .dedup_by(|later, first| (later.addr, later.proto, later.port) == (first.addr, first.proto, first.port));
+        self.addrs.sort_by(|a, b| {
+            (a.addr, a.proto, a.port, b.timeout).cmp(&(b.addr, b.proto, b.port, a.timeout))
+        });
+        self.addrs.dedup_by(|later, first| {
+            (later.addr, later.proto, later.port) == (first.addr, first.proto, first.port)
+        });
     }
 
     /// The output chain, in order.
@@ -258,7 +260,11 @@ impl Ruleset {
             rules.push(ChainRule::AcceptApproved);
             rules.push(ChainRule::AcceptReplies);
         }
-        rules.extend(ICMPV6_ND_TYPES.iter().map(|(t, _)| ChainRule::AcceptIcmpv6(*t)));
+        rules.extend(
+            ICMPV6_ND_TYPES
+                .iter()
+                .map(|(t, _)| ChainRule::AcceptIcmpv6(*t)),
+        );
         if !self.quarantined {
             rules.extend(SetName::ALL.iter().map(|s| ChainRule::AllowSet(*s)));
         }
@@ -311,7 +317,15 @@ impl Ruleset {
 pub fn disjoint_nets(nets: &[NetElem]) -> Vec<NetElem> {
     let mut sorted: Vec<NetElem> = nets.to_vec();
     // Wider CIDRs first, so every enclosing element is handled before the ones inside it.
-    sorted.sort_by_key(|e| (e.proto, e.net.is_ipv6(), e.net.prefix(), e.net.network(), e.ports));
+    sorted.sort_by_key(|e| {
+        (
+            e.proto,
+            e.net.is_ipv6(),
+            e.net.prefix(),
+            e.net.network(),
+            e.ports,
+        )
+    });
     let mut out: Vec<NetElem> = Vec::new();
     for e in sorted {
         let mut remaining = vec![e.ports];
@@ -339,10 +353,16 @@ fn subtract(a: PortRange, b: PortRange) -> Vec<PortRange> {
     }
     let mut out = Vec::new();
     if b.first > a.first {
-        out.push(PortRange { first: a.first, last: b.first - 1 });
+        out.push(PortRange {
+            first: a.first,
+            last: b.first - 1,
+        });
     }
     if b.last < a.last {
-        out.push(PortRange { first: b.last + 1, last: a.last });
+        out.push(PortRange {
+            first: b.last + 1,
+            last: a.last,
+        });
     }
     out
 }
@@ -447,7 +467,10 @@ impl fmt::Display for ChainRule {
             }
             ChainRule::Log => write!(f, "log"),
             ChainRule::RejectTcp => {
-                write!(f, "meta l4proto tcp counter name \"denied\" reject with tcp reset")
+                write!(
+                    f,
+                    "meta l4proto tcp counter name \"denied\" reject with tcp reset"
+                )
             }
             ChainRule::RejectOther => write!(
                 f,
@@ -465,7 +488,11 @@ impl fmt::Display for Ruleset {
         writeln!(f, "\tcounter allowed {{\n\t}}")?;
         writeln!(f, "\tcounter denied {{\n\t}}")?;
         for set in SetName::ALL {
-            let addr_type = if set.is_v6() { "ipv6_addr" } else { "ipv4_addr" };
+            let addr_type = if set.is_v6() {
+                "ipv6_addr"
+            } else {
+                "ipv4_addr"
+            };
             writeln!(f, "\tset {} {{", set.as_str())?;
             writeln!(f, "\t\ttype {addr_type} . inet_proto . inet_service")?;
             let elems: Vec<String> = if set.is_interval() {
@@ -501,7 +528,10 @@ impl fmt::Display for Ruleset {
             writeln!(f, "\t}}")?;
         }
         writeln!(f, "\tchain {CHAIN_NAME} {{")?;
-        writeln!(f, "\t\ttype filter hook output priority filter; policy drop;")?;
+        writeln!(
+            f,
+            "\t\ttype filter hook output priority filter; policy drop;"
+        )?;
         for rule in self.chain() {
             match rule {
                 ChainRule::Log => writeln!(
@@ -530,7 +560,10 @@ mod tests {
             host,
             ports: ports
                 .iter()
-                .map(|(a, b)| PortRange { first: *a, last: *b })
+                .map(|(a, b)| PortRange {
+                    first: *a,
+                    last: *b,
+                })
                 .collect(),
             proto,
             source: RuleSource::Label("egressd.allow".into()),
@@ -551,7 +584,10 @@ mod tests {
         let e = NetElem {
             net: "10.0.0.0/8".parse().unwrap(),
             proto: Proto::Tcp,
-            ports: PortRange { first: 8000, last: 8100 },
+            ports: PortRange {
+                first: 8000,
+                last: 8100,
+            },
         };
         let (a, b) = net_key_range(&e);
         assert_eq!(&a[..4], &[10, 0, 0, 0]);
@@ -571,12 +607,22 @@ mod tests {
     #[test]
     fn quarantine_has_no_allow_rules_and_no_elements() {
         let mut policy = ContainerPolicy::quarantine(vec!["bad label".into()]);
-        policy.rules.push(rule(Host::Net("10.0.0.0/8".parse().unwrap()), &[(443, 443)], Proto::Tcp));
+        policy.rules.push(rule(
+            Host::Net("10.0.0.0/8".parse().unwrap()),
+            &[(443, 443)],
+            Proto::Tcp,
+        ));
         let rs = Ruleset::from_policy(&policy, &BTreeMap::new(), LogSettings::default());
         assert!(rs.quarantined);
         assert!(rs.nets.is_empty() && rs.addrs.is_empty());
         let chain = rs.chain();
-        assert!(!chain.iter().any(|r| matches!(r, ChainRule::AllowSet(_) | ChainRule::AcceptApproved | ChainRule::AcceptReplies | ChainRule::CountAndAccept)));
+        assert!(!chain.iter().any(|r| matches!(
+            r,
+            ChainRule::AllowSet(_)
+                | ChainRule::AcceptApproved
+                | ChainRule::AcceptReplies
+                | ChainRule::CountAndAccept
+        )));
         assert_eq!(chain.last(), Some(&ChainRule::RejectOther));
     }
 
@@ -597,9 +643,21 @@ mod tests {
     fn domains_expand_per_address_and_port_and_unresolved_stay_closed() {
         let policy = ContainerPolicy {
             rules: vec![
-                rule(Host::Domain("api.example.com".into()), &[(80, 80), (443, 443)], Proto::Tcp),
-                rule(Host::Domain("unresolved.example.com".into()), &[(443, 443)], Proto::Tcp),
-                rule(Host::Wildcard("example.org".into()), &[(443, 443)], Proto::Tcp),
+                rule(
+                    Host::Domain("api.example.com".into()),
+                    &[(80, 80), (443, 443)],
+                    Proto::Tcp,
+                ),
+                rule(
+                    Host::Domain("unresolved.example.com".into()),
+                    &[(443, 443)],
+                    Proto::Tcp,
+                ),
+                rule(
+                    Host::Wildcard("example.org".into()),
+                    &[(443, 443)],
+                    Proto::Tcp,
+                ),
             ],
             ..Default::default()
         };
@@ -607,8 +665,14 @@ mod tests {
         resolved.insert(
             "api.example.com".to_string(),
             vec![
-                ResolvedAddr { addr: "192.0.2.1".parse().unwrap(), timeout: Duration::from_secs(90) },
-                ResolvedAddr { addr: "2001:db8::1".parse().unwrap(), timeout: Duration::from_secs(30) },
+                ResolvedAddr {
+                    addr: "192.0.2.1".parse().unwrap(),
+                    timeout: Duration::from_secs(90),
+                },
+                ResolvedAddr {
+                    addr: "2001:db8::1".parse().unwrap(),
+                    timeout: Duration::from_secs(30),
+                },
             ],
         );
         let rs = Ruleset::from_policy(&policy, &resolved, LogSettings::default());
@@ -624,8 +688,18 @@ mod tests {
         let mut rs = Ruleset::quarantine(LogSettings::default());
         rs.quarantined = false;
         rs.addrs = vec![
-            AddrElem { addr: a, proto: Proto::Tcp, port: 443, timeout: Duration::from_secs(5) },
-            AddrElem { addr: a, proto: Proto::Tcp, port: 443, timeout: Duration::from_secs(50) },
+            AddrElem {
+                addr: a,
+                proto: Proto::Tcp,
+                port: 443,
+                timeout: Duration::from_secs(5),
+            },
+            AddrElem {
+                addr: a,
+                proto: Proto::Tcp,
+                port: 443,
+                timeout: Duration::from_secs(50),
+            },
         ];
         rs.normalize();
         assert_eq!(rs.addrs.len(), 1);
@@ -653,18 +727,36 @@ mod tests {
             for b in &out[i + 1..] {
                 let addr = a.net.contains(b.net.network()) || b.net.contains(a.net.network());
                 let ports = a.ports.first <= b.ports.last && b.ports.first <= a.ports.last;
-                assert!(!(a.proto == b.proto && addr && ports), "{a:?} overlaps {b:?}");
+                assert!(
+                    !(a.proto == b.proto && addr && ports),
+                    "{a:?} overlaps {b:?}"
+                );
             }
         }
         // Every probe is allowed by the output exactly when it is allowed by the input.
         let allows = |set: &[NetElem], ip: &str, proto, port| {
             let ip: IpAddr = ip.parse().unwrap();
-            set.iter().any(|x| x.proto == proto && x.net.contains(ip) && x.ports.first <= port && port <= x.ports.last)
+            set.iter().any(|x| {
+                x.proto == proto
+                    && x.net.contains(ip)
+                    && x.ports.first <= port
+                    && port <= x.ports.last
+            })
         };
-        for ip in ["10.1.2.3", "10.1.9.9", "10.200.0.1", "192.168.1.1", "172.16.0.1"] {
+        for ip in [
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.200.0.1",
+            "192.168.1.1",
+            "172.16.0.1",
+        ] {
             for proto in [Proto::Tcp, Proto::Udp] {
                 for port in [1, 53, 79, 80, 81, 442, 443, 444, 8080, 65535] {
-                    assert_eq!(allows(&input, ip, proto, port), allows(&out, ip, proto, port), "{ip} {proto:?} {port}");
+                    assert_eq!(
+                        allows(&input, ip, proto, port),
+                        allows(&out, ip, proto, port),
+                        "{ip} {proto:?} {port}"
+                    );
                 }
             }
         }
@@ -672,7 +764,10 @@ mod tests {
 
     #[test]
     fn port_expansion_is_capped() {
-        let r = [PortRange { first: 1, last: 65535 }];
+        let r = [PortRange {
+            first: 1,
+            last: 65535,
+        }];
         assert_eq!(expand_ports(&r).count(), MAX_DOMAIN_PORTS);
     }
 }

@@ -50,15 +50,30 @@ impl Pair {
         let t = 1 + (id % 250);
         let client_name = format!("egt{id}c");
         let server_name = format!("egt{id}s");
-        let _ = Command::new("ip").args(["netns", "del", &client_name]).output();
-        let _ = Command::new("ip").args(["netns", "del", &server_name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &client_name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &server_name])
+            .output();
         sh(&["ip", "netns", "add", &client_name]);
         sh(&["ip", "netns", "add", &server_name]);
         let vc = format!("ve{id}c");
         let vs = format!("ve{id}s");
         sh(&[
-            "ip", "link", "add", &vc, "netns", &client_name, "type", "veth", "peer", "name", &vs,
-            "netns", &server_name,
+            "ip",
+            "link",
+            "add",
+            &vc,
+            "netns",
+            &client_name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vs,
+            "netns",
+            &server_name,
         ]);
         let c = |args: &[&str]| {
             let mut v = vec!["ip", "-n", &client_name];
@@ -73,11 +88,32 @@ impl Pair {
         c(&["link", "set", "lo", "up"]);
         s(&["link", "set", "lo", "up"]);
         c(&["addr", "add", &format!("10.{t}.0.2/24"), "dev", &vc]);
-        c(&["addr", "add", &format!("fd00:{t}::2/64"), "dev", &vc, "nodad"]);
+        c(&[
+            "addr",
+            "add",
+            &format!("fd00:{t}::2/64"),
+            "dev",
+            &vc,
+            "nodad",
+        ]);
         s(&["addr", "add", &format!("10.{t}.0.1/24"), "dev", &vs]);
         s(&["addr", "add", &format!("10.{t}.0.3/24"), "dev", &vs]);
-        s(&["addr", "add", &format!("fd00:{t}::1/64"), "dev", &vs, "nodad"]);
-        s(&["addr", "add", &format!("fd00:{t}::3/64"), "dev", &vs, "nodad"]);
+        s(&[
+            "addr",
+            "add",
+            &format!("fd00:{t}::1/64"),
+            "dev",
+            &vs,
+            "nodad",
+        ]);
+        s(&[
+            "addr",
+            "add",
+            &format!("fd00:{t}::3/64"),
+            "dev",
+            &vs,
+            "nodad",
+        ]);
         c(&["link", "set", &vc, "up"]);
         s(&["link", "set", &vs, "up"]);
         Pair {
@@ -152,7 +188,8 @@ impl Pair {
     /// Opens a TCP connection from the client netns.
     pub fn connect(&self, addr: IpAddr, port: u16) -> io::Result<TcpStream> {
         self.client.run(move || {
-            let s = TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(3))?;
+            let s =
+                TcpStream::connect_timeout(&SocketAddr::new(addr, port), Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
             Ok(s)
         })
@@ -204,8 +241,12 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.client_name]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.server_name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client_name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.server_name])
+            .output();
     }
 }
 
@@ -222,7 +263,13 @@ fn bind_v6_only(ty: libc::c_int, port: u16) -> io::Result<std::os::fd::OwnedFd> 
     sa.sin6_family = libc::AF_INET6 as u16;
     sa.sin6_port = port.to_be();
     let ok = unsafe {
-        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&one as *const libc::c_int).cast(), 4) == 0
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&one as *const libc::c_int).cast(),
+            4,
+        ) == 0
             && libc::bind(
                 owned.as_raw_fd(),
                 (&sa as *const libc::sockaddr_in6).cast(),
@@ -230,7 +277,11 @@ fn bind_v6_only(ty: libc::c_int, port: u16) -> io::Result<std::os::fd::OwnedFd> 
             ) == 0
             && (ty != libc::SOCK_STREAM || libc::listen(fd, 128) == 0)
     };
-    if ok { Ok(owned) } else { Err(io::Error::last_os_error()) }
+    if ok {
+        Ok(owned)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Writes a line on an open connection and reads the echo back.

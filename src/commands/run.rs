@@ -1,0 +1,78 @@
+//! `egressd run`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::policy::Config;
+use crate::policy::config::DnsMode;
+use crate::policy::config::{DEFAULT_PATH, LogFormat};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Config file. Without this flag /etc/egressd/config.toml is read if it exists, and the
+    /// built-in defaults are used if it does not; a file given here must exist.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Loads the config the way `check-config` does.
+pub fn load_config(explicit: Option<&PathBuf>) -> Result<(PathBuf, Config), String> {
+    match explicit {
+        Some(p) => Config::load(p)
+            .map(|c| (p.clone(), c))
+            .map_err(|e| e.to_string()),
+        None => {
+            let p = PathBuf::from(DEFAULT_PATH);
+            Config::load_optional(&p)
+                .map(|c| (p, c.unwrap_or_default()))
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn run(args: &RunArgs) -> ExitCode {
+    let (path, config) = match load_config(args.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("egressd: invalid config, not starting:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    if config.dns.mode == DnsMode::Proxy {
+        tracing::error!("dns.mode = \"proxy\" is not available yet; use \"resolve\"");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("egressd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::daemon::run(path, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "egressd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

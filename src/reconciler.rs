@@ -1,0 +1,685 @@
+//! Reconciler: desired state (Docker's running containers + policy + resolved addresses)
+//! against actual state (the `inet egressd` table in each container's netns).
+//!
+//! One task owns all state and handles one thing at a time (an event, a resolver answer, a
+//! control request), so a container is never programmed by two operations at once. It keeps
+//! no private record of what the kernel holds: every apply writes the whole table, and a sync
+//! re-applies containers it already knows (their tables may have been flushed behind our back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::docker::{ContainerInfo, DockerClient};
+use crate::firewall::{AddrElem, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr, Ruleset};
+use crate::policy::{
+    self, Config, ContainerPolicy, Host, Mode, PortRange, ProfileSet, Proto,
+    config::OnUnenforceable,
+};
+use crate::resolver::{self, Answer, Cache, ResolveError, Resolver};
+use crate::status::{AddrStatus, ContainerStatus, HostStatus, STATUS_VERSION, State, StatusReport};
+
+/// Capabilities that let a workload change or flush the rules in its own namespace.
+const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
+
+/// Why egressd cannot confine this container, if it cannot (pure).
+pub fn unenforceable_reason(info: &ContainerInfo) -> Option<String> {
+    if info.network_mode == "host" {
+        return Some("uses the host's network namespace (--network host)".into());
+    }
+    if info.privileged {
+        return Some("is privileged (--privileged) and could flush its own rules".into());
+    }
+    let caps: Vec<&str> = info
+        .cap_add
+        .iter()
+        .map(String::as_str)
+        .filter(|c| DANGEROUS_CAPS.contains(c))
+        .collect();
+    if !caps.is_empty() {
+        return Some(format!(
+            "has --cap-add {} and could flush its own rules",
+            caps.join(",")
+        ));
+    }
+    None
+}
+
+/// A result the resolver tasks send back.
+pub type ResolveResult = (String, Result<Answer, ResolveError>);
+
+/// One managed (opted-in) container.
+struct Tracked {
+    info: ContainerInfo,
+    /// The compiled policy; `None` when the container is unenforceable.
+    policy: Option<ContainerPolicy>,
+    state: State,
+    errors: Vec<String>,
+    last_error: Option<String>,
+    enforced_by: &'static str,
+    fw: Option<NsFirewall>,
+    shared_with: Option<String>,
+    /// UDP and TCP 53 to the DNS servers the container's own resolution path uses.
+    dns: Vec<IpAddr>,
+}
+
+pub struct Reconciler {
+    config_path: PathBuf,
+    config: Config,
+    profiles: ProfileSet,
+    docker: Option<DockerClient>,
+    resolver: std::sync::Arc<Resolver>,
+    cache: Cache,
+    resolve_tx: mpsc::Sender<ResolveResult>,
+    containers: BTreeMap<String, Tracked>,
+    /// Non-loopback nameservers of the host: Docker's embedded DNS forwards to them from
+    /// inside the container's namespace, so they are part of every container's DNS path.
+    host_dns: Vec<IpAddr>,
+}
+
+impl Reconciler {
+    pub fn new(
+        config_path: PathBuf,
+        config: Config,
+        profiles: ProfileSet,
+        resolve_tx: mpsc::Sender<ResolveResult>,
+    ) -> Self {
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let host_dns: Vec<IpAddr> = resolver::parse_resolv_conf(&host_resolv)
+            .into_iter()
+            .map(|s| s.ip())
+            .filter(|ip| !ip.is_loopback())
+            .collect();
+        let upstreams = if config.dns.upstreams.is_empty() {
+            resolver::parse_resolv_conf(&host_resolv)
+        } else {
+            config.dns.upstreams.clone()
+        };
+        Reconciler {
+            resolver: std::sync::Arc::new(Resolver::new(upstreams)),
+            cache: Cache::new(ttl_settings(&config)),
+            config_path,
+            config,
+            profiles,
+            docker: None,
+            resolve_tx,
+            containers: BTreeMap::new(),
+            host_dns,
+        }
+    }
+
+    pub fn set_docker(&mut self, docker: Option<DockerClient>) {
+        self.docker = docker;
+    }
+
+    pub fn docker(&self) -> Option<&DockerClient> {
+        self.docker.as_ref()
+    }
+
+    /// When the next DNS refresh is due.
+    pub fn next_refresh(&self) -> Option<Instant> {
+        self.cache.next_due()
+    }
+
+    /// Lists running containers and enforces every opted-in one, known ones included; forgets
+    /// containers that are gone. Domains are resolved before the tables are written, so a
+    /// restarted daemon replaces each table with one that already holds the addresses.
+    pub async fn sync(&mut self, via: &'static str) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        let ids = match docker.running_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "sync: cannot list containers");
+                return;
+            }
+        };
+        let mut infos = Vec::new();
+        for id in &ids {
+            match docker.inspect(id).await {
+                Ok(Some(info)) if info.running => infos.push(info),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "sync: inspect failed"),
+            }
+        }
+        let running: BTreeSet<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .containers
+            .keys()
+            .filter(|id| !running.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.forget(&id);
+        }
+        // Domains first: resolve what every opted-in container needs, bounded in time.
+        let mut domains = BTreeSet::new();
+        for info in &infos {
+            if let Some(p) = policy::compile(&info.labels, &self.config, &self.profiles) {
+                domains.extend(policy_domains(&p));
+            }
+        }
+        self.want_domains(domains.into_iter().chain(self.tracked_domains()));
+        self.resolve_due_now(Duration::from_secs(3)).await;
+        // Containers that own their namespace first, then those that join another's.
+        infos.sort_by_key(|i| i.joined_container().is_some());
+        for info in infos {
+            self.enforce(info, via).await;
+        }
+        self.refresh_wanted();
+    }
+
+    /// A container started: enforce it.
+    pub async fn on_start(&mut self, id: &str) {
+        let Some(docker) = self.docker.clone() else {
+            return;
+        };
+        match docker.inspect(id).await {
+            Ok(Some(info)) if info.running => {
+                self.enforce(info, "event").await;
+                self.refresh_wanted();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, container = id, "inspect after start failed"),
+        }
+    }
+
+    /// A container died or was removed: its namespace is gone, and so is its table. A container
+    /// egressd stopped as unenforceable stays listed (with the reason) until it is removed.
+    pub fn on_stop(&mut self, id: &str, removed: bool) {
+        let keep = !removed
+            && self
+                .containers
+                .get(id)
+                .is_some_and(|t| t.state == State::Unenforceable);
+        if !keep && self.containers.contains_key(id) {
+            self.forget(id);
+            self.refresh_wanted();
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        if let Some(t) = self.containers.remove(id) {
+            tracing::info!(container = %t.info.name, id = t.info.short_id(), "container gone; state dropped");
+        }
+    }
+
+    /// Decides and programs one running container.
+    async fn enforce(&mut self, info: ContainerInfo, via: &'static str) {
+        let Some(policy) = policy::compile(&info.labels, &self.config, &self.profiles) else {
+            // Not opted in: never touched. (Forget it, should its labels have changed.)
+            self.containers.remove(&info.id);
+            return;
+        };
+        let mut t = Tracked {
+            dns: Vec::new(),
+            policy: Some(policy),
+            state: State::Error,
+            errors: Vec::new(),
+            last_error: None,
+            enforced_by: via,
+            fw: None,
+            shared_with: None,
+            info,
+        };
+        let mut reason = unenforceable_reason(&t.info);
+        if reason.is_none()
+            && let Some(joined) = t.info.joined_container()
+        {
+            match self.find(joined) {
+                Some(owner) if owner.fw.is_some() => {
+                    t.shared_with = Some(owner.info.name.clone());
+                    t.state = owner.state;
+                }
+                _ => {
+                    reason = Some(format!(
+                        "joins the network namespace of {joined}, which egressd does not manage"
+                    ))
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            self.unenforceable(t, reason).await;
+            return;
+        }
+        if t.shared_with.is_some() {
+            tracing::info!(container = %t.info.name, id = t.info.short_id(), shared_with = ?t.shared_with,
+                "confined by the table of the container whose namespace it joins");
+            self.containers.insert(t.info.id.clone(), t);
+            return;
+        }
+        t.dns = self.dns_servers(&t.info);
+        let netns = Netns::of_pid(t.info.pid);
+        match NsFirewall::open(&netns) {
+            Ok(fw) => t.fw = Some(fw),
+            Err(e) => {
+                tracing::error!(container = %t.info.name, id = t.info.short_id(), error = %e, "cannot reach the container's namespace");
+                t.last_error = Some(e.to_string());
+                t.state = State::Error;
+                self.containers.insert(t.info.id.clone(), t);
+                return;
+            }
+        }
+        self.apply(&mut t);
+        self.containers.insert(t.info.id.clone(), t);
+    }
+
+    async fn unenforceable(&mut self, mut t: Tracked, reason: String) {
+        t.state = State::Unenforceable;
+        t.errors = vec![reason.clone()];
+        t.policy = None;
+        match (self.config.on_unenforceable, self.docker.clone()) {
+            (OnUnenforceable::Stop, Some(docker)) => {
+                tracing::warn!(container = %t.info.name, id = t.info.short_id(), reason = %reason,
+                    "container opted in but cannot be confined: stopping it");
+                if let Err(e) = docker.stop(&t.info.id, 0).await {
+                    tracing::error!(container = %t.info.name, error = %e, "stopping the unenforceable container failed");
+                    t.last_error = Some(e.to_string());
+                }
+            }
+            _ => tracing::warn!(container = %t.info.name, id = t.info.short_id(), reason = %reason,
+                "container opted in but cannot be confined (on_unenforceable = \"warn\"): egress is NOT filtered"),
+        }
+        self.containers.insert(t.info.id.clone(), t);
+    }
+
+    /// Writes the whole table for `t`, verifies it, and falls back to quarantine on failure.
+    fn apply(&self, t: &mut Tracked) {
+        let Some(fw) = &t.fw else { return };
+        let Some(policy) = &t.policy else { return };
+        let rs = self.ruleset(policy, &t.dns);
+        let result = fw.apply(&rs).and_then(|()| fw.verify(&rs));
+        match result {
+            Ok(()) => {
+                t.errors = policy.errors.clone();
+                t.last_error = None;
+                t.state = if policy.is_quarantined() {
+                    State::Quarantined
+                } else if policy.mode == Mode::Report {
+                    State::Report
+                } else {
+                    State::Enforced
+                };
+                if policy.is_quarantined() {
+                    tracing::warn!(container = %t.info.name, id = t.info.short_id(), errors = ?policy.errors,
+                        "invalid policy: container quarantined (all egress denied)");
+                } else {
+                    tracing::info!(container = %t.info.name, id = t.info.short_id(), state = t.state.as_str(),
+                        via = t.enforced_by, nets = rs.nets.len(), addrs = rs.addrs.len(), "table applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(container = %t.info.name, id = t.info.short_id(), error = %e,
+                    "applying the table failed; quarantining");
+                t.last_error = Some(e.to_string());
+                t.state = State::Error;
+                if let Err(q) = fw.apply(&Ruleset::quarantine(self.log_settings())) {
+                    tracing::error!(container = %t.info.name, error = %q, "quarantine failed too");
+                }
+            }
+        }
+    }
+
+    fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            group: self.config.nflog_group,
+            ..LogSettings::default()
+        }
+    }
+
+    /// The full table for a policy: its rules, the current addresses of its domains, and the
+    /// container's DNS path.
+    fn ruleset(&self, policy: &ContainerPolicy, dns: &[IpAddr]) -> Ruleset {
+        let now = Instant::now();
+        let resolved: BTreeMap<String, Vec<ResolvedAddr>> = policy_domains(policy)
+            .into_iter()
+            .map(|d| {
+                let addrs = self.cache.current(&d, now);
+                (d, addrs)
+            })
+            .collect();
+        let mut rs = Ruleset::from_policy(policy, &resolved, self.log_settings());
+        if !rs.quarantined {
+            rs.nets.extend(dns_elems(dns));
+            rs.normalize();
+        }
+        rs
+    }
+
+    /// DNS servers the container's resolution path sends to from inside its namespace.
+    fn dns_servers(&self, info: &ContainerInfo) -> Vec<IpAddr> {
+        let own = std::fs::read_to_string(format!("/proc/{}/root/etc/resolv.conf", info.pid))
+            .unwrap_or_default();
+        let mut out: BTreeSet<IpAddr> = resolver::parse_resolv_conf(&own)
+            .into_iter()
+            .map(|s| s.ip())
+            .chain(info.dns.iter().copied())
+            .chain(self.host_dns.iter().copied())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .collect();
+        out.retain(|ip| !ip.is_multicast());
+        out.into_iter().collect()
+    }
+
+    fn find(&self, name_or_id: &str) -> Option<&Tracked> {
+        self.containers.get(name_or_id).or_else(|| {
+            self.containers.values().find(|t| {
+                t.info.name == name_or_id
+                    || (name_or_id.len() >= 4 && t.info.id.starts_with(name_or_id))
+            })
+        })
+    }
+
+    fn tracked_domains(&self) -> Vec<String> {
+        self.containers
+            .values()
+            .filter_map(|t| t.policy.as_ref())
+            .flat_map(policy_domains)
+            .collect()
+    }
+
+    fn want_domains(&mut self, domains: impl IntoIterator<Item = String>) {
+        self.cache
+            .want(domains.into_iter().collect::<BTreeSet<_>>(), Instant::now());
+    }
+
+    fn refresh_wanted(&mut self) {
+        let d = self.tracked_domains();
+        self.want_domains(d);
+    }
+
+    /// Resolves every due domain and waits for the answers (at most `limit`): for sync.
+    async fn resolve_due_now(&mut self, limit: Duration) {
+        let due = self.cache.take_due(Instant::now());
+        let mut set = tokio::task::JoinSet::new();
+        for d in due {
+            let r = self.resolver.clone();
+            set.spawn(async move {
+                let res = r.resolve(&d).await;
+                (d, res)
+            });
+        }
+        let deadline = Instant::now() + limit;
+        while let Ok(Some(Ok((d, res)))) = tokio::time::timeout_at(deadline, set.join_next()).await
+        {
+            self.on_resolved(d, res);
+        }
+    }
+
+    /// Starts queries for due domains; answers come back through the channel.
+    pub fn start_due_queries(&mut self) {
+        for d in self.cache.take_due(Instant::now()) {
+            let r = self.resolver.clone();
+            let tx = self.resolve_tx.clone();
+            tokio::spawn(async move {
+                let res = r.resolve(&d).await;
+                let _ = tx.send((d, res)).await;
+            });
+        }
+    }
+
+    /// Records an answer and adds the new addresses to every container that allows the domain.
+    pub fn on_resolved(&mut self, domain: String, result: Result<Answer, ResolveError>) {
+        let now = Instant::now();
+        let fresh = match result {
+            Ok(answer) => self.cache.on_answer(&domain, &answer, now),
+            Err(e) => {
+                tracing::warn!(domain = %domain, error = %e, "resolution failed; last-known addresses age out");
+                self.cache.on_failure(&domain, &e, now);
+                return;
+            }
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let mut reapply = Vec::new();
+        for t in self.containers.values_mut() {
+            let (Some(fw), Some(policy)) = (&t.fw, &t.policy) else {
+                continue;
+            };
+            if policy.is_quarantined() {
+                continue;
+            }
+            let elems = domain_elems(policy, &domain, &fresh);
+            if elems.is_empty() {
+                continue;
+            }
+            if let Err(e) = fw.add_addrs(&elems) {
+                tracing::error!(container = %t.info.name, domain = %domain, error = %e, "adding addresses failed; re-applying the table");
+                t.last_error = Some(e.to_string());
+                reapply.push(t.info.id.clone());
+            }
+        }
+        for id in reapply {
+            if let Some(mut t) = self.containers.remove(&id) {
+                self.apply(&mut t);
+                self.containers.insert(id, t);
+            }
+        }
+    }
+
+    /// Re-reads config and profiles; a bad config is rejected and the old one stays.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let config = match Config::load_optional(&self.config_path) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(errs) => {
+                let msg = errs.to_string();
+                tracing::error!(config = %self.config_path.display(), errors = %msg, "reload rejected; the old config stays in force");
+                return Err(msg);
+            }
+        };
+        let profiles = config.load_profiles();
+        if !profiles.errors().is_empty() {
+            let msg: Vec<String> = profiles.errors().iter().map(|e| e.to_string()).collect();
+            tracing::warn!(errors = ?msg, "profiles with errors: containers that use them are quarantined");
+        }
+        self.cache = Cache::new(ttl_settings(&config));
+        self.config = config;
+        self.profiles = profiles;
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in &ids {
+            if let Some(mut t) = self.containers.remove(id) {
+                if t.fw.is_some() {
+                    t.policy = policy::compile(&t.info.labels, &self.config, &self.profiles);
+                    t.enforced_by = "reload";
+                    self.apply(&mut t);
+                }
+                self.containers.insert(id.clone(), t);
+            }
+        }
+        self.refresh_wanted();
+        tracing::info!(containers = ids.len(), "config reloaded and re-applied");
+        Ok(format!("reloaded; {} container(s) re-applied", ids.len()))
+    }
+
+    /// The status of all (or one) managed containers.
+    pub fn status(&self, filter: Option<&str>) -> Result<StatusReport, String> {
+        let now = Instant::now();
+        let list: Vec<&Tracked> = match filter {
+            Some(f) => vec![
+                self.find(f)
+                    .ok_or_else(|| format!("no managed container {f:?}"))?,
+            ],
+            None => self.containers.values().collect(),
+        };
+        let mut containers: Vec<ContainerStatus> = list
+            .into_iter()
+            .map(|t| {
+                let counters =
+                    t.fw.as_ref()
+                        .and_then(|fw| fw.counters().ok())
+                        .unwrap_or_default();
+                ContainerStatus {
+                    id: t.info.id.clone(),
+                    name: t.info.name.clone(),
+                    state: t.state,
+                    profiles: t
+                        .policy
+                        .as_ref()
+                        .map(|p| p.profiles.clone())
+                        .unwrap_or_default(),
+                    enforced_by: t.enforced_by.to_string(),
+                    shared_with: t.shared_with.clone(),
+                    hosts: self.host_status(t, now),
+                    allowed_packets: counters.allowed_packets,
+                    denied_packets: counters.denied_packets,
+                    errors: t.errors.clone(),
+                    last_error: t.last_error.clone(),
+                }
+            })
+            .collect();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(StatusReport {
+            version: STATUS_VERSION,
+            dns_mode: "resolve".into(),
+            docker_connected: self.docker.is_some(),
+            containers,
+        })
+    }
+
+    fn host_status(&self, t: &Tracked, now: Instant) -> Vec<HostStatus> {
+        let Some(policy) = &t.policy else {
+            return Vec::new();
+        };
+        if policy.is_quarantined() {
+            return Vec::new();
+        }
+        let mut out: Vec<HostStatus> = policy
+            .rules
+            .iter()
+            .map(|r| HostStatus {
+                host: r.host.to_string(),
+                ports: policy::Ports(&r.ports).to_string(),
+                proto: r.proto.to_string(),
+                source: r.source.to_string(),
+                addrs: match &r.host {
+                    Host::Domain(d) => self
+                        .cache
+                        .current(d, now)
+                        .into_iter()
+                        .map(|a| AddrStatus {
+                            addr: a.addr,
+                            expires_in_secs: a.timeout.as_secs(),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            })
+            .collect();
+        out.extend(t.dns.iter().map(|ip| HostStatus {
+            host: ip.to_string(),
+            ports: "53".into(),
+            proto: "udp+tcp".into(),
+            source: "container DNS path".into(),
+            addrs: Vec::new(),
+        }));
+        out
+    }
+}
+
+fn ttl_settings(config: &Config) -> resolver::TtlSettings {
+    resolver::TtlSettings {
+        min_ttl: config.dns.min_ttl,
+        max_ttl: config.dns.max_ttl,
+        grace: config.dns.grace,
+        failure_retry: config.dns.min_ttl.min(Duration::from_secs(5)),
+    }
+}
+
+/// The exact domains of a policy (resolve mode can only resolve exact names).
+fn policy_domains(policy: &ContainerPolicy) -> Vec<String> {
+    if policy.is_quarantined() {
+        return Vec::new();
+    }
+    policy
+        .rules
+        .iter()
+        .filter_map(|r| match &r.host {
+            Host::Domain(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Set elements for the addresses of `domain`, for every rule of the policy that names it.
+fn domain_elems(policy: &ContainerPolicy, domain: &str, addrs: &[ResolvedAddr]) -> Vec<AddrElem> {
+    let mut out = Vec::new();
+    for rule in &policy.rules {
+        if !matches!(&rule.host, Host::Domain(d) if d == domain) {
+            continue;
+        }
+        for a in addrs {
+            for port in crate::firewall::ruleset::expand_ports(&rule.ports) {
+                out.push(AddrElem {
+                    addr: a.addr,
+                    proto: rule.proto,
+                    port,
+                    timeout: a.timeout,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// UDP and TCP port 53 to each DNS server.
+fn dns_elems(servers: &[IpAddr]) -> Vec<NetElem> {
+    servers
+        .iter()
+        .flat_map(|ip| {
+            [Proto::Udp, Proto::Tcp].map(|proto| NetElem {
+                net: IpNetwork::from(*ip),
+                proto,
+                ports: PortRange::single(53),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ContainerInfo {
+        ContainerInfo {
+            id: "abc".into(),
+            name: "agent".into(),
+            network_mode: "bridge".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn host_network_privileged_and_dangerous_caps_are_unenforceable() {
+        assert_eq!(unenforceable_reason(&info()), None);
+        let mut i = info();
+        i.network_mode = "host".into();
+        assert!(unenforceable_reason(&i).unwrap().contains("--network host"));
+        // `--privileged` containers cannot start on the development machine (runc cannot
+        // apply all capabilities), so this path is tested here, through the decision alone.
+        let mut i = info();
+        i.privileged = true;
+        assert!(unenforceable_reason(&i).unwrap().contains("privileged"));
+        for cap in ["NET_ADMIN", "SYS_ADMIN", "ALL"] {
+            let mut i = info();
+            i.cap_add = vec!["CHOWN".into(), cap.into()];
+            assert!(unenforceable_reason(&i).unwrap().contains(cap), "{cap}");
+        }
+        let mut i = info();
+        i.cap_add = vec!["NET_BIND_SERVICE".into()];
+        assert_eq!(unenforceable_reason(&i), None);
+    }
+
+    #[test]
+    fn dns_elements_cover_udp_and_tcp_53() {
+        let e = dns_elems(&["10.0.0.2".parse().unwrap()]);
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(|x| x.ports == PortRange::single(53)));
+    }
+}

@@ -1,0 +1,204 @@
+//! What `egressd status` shows: the JSON wire format of the control socket (stable for
+//! scripts: fields are only ever added) and its human rendering. Pure.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON layout; bumped only on an incompatible change.
+pub const STATUS_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub version: u32,
+    /// `resolve` or `proxy`.
+    pub dns_mode: String,
+    /// Whether the daemon is connected to Docker right now.
+    pub docker_connected: bool,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The table is in place and enforces the policy.
+    Enforced,
+    /// The table is in place in report mode: nothing is denied, would-be denials are logged.
+    Report,
+    /// The labels or profiles are invalid: all egress is denied.
+    Quarantined,
+    /// egressd cannot confine this container (host network, privileged, NET_ADMIN…).
+    Unenforceable,
+    /// Programming the table failed; egressd tried to quarantine it (see `last_error`).
+    Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Enforced => "enforced",
+            State::Report => "report",
+            State::Quarantined => "quarantined",
+            State::Unenforceable => "unenforceable",
+            State::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: String,
+    pub state: State,
+    pub profiles: Vec<String>,
+    /// How the table got there: `event`, `sync` (daemon start or Docker reconnect), `reload`.
+    pub enforced_by: String,
+    /// `--network container:X`: the container whose table confines this one.
+    pub shared_with: Option<String>,
+    pub hosts: Vec<HostStatus>,
+    pub allowed_packets: u64,
+    pub denied_packets: u64,
+    /// Why the container is quarantined, unenforceable or in error.
+    pub errors: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStatus {
+    /// `api.openai.com`, `*.example.com`, `10.0.0.0/8`, `dns 10.0.0.2`.
+    pub host: String,
+    /// `443`, `80,443`, `8000-8100`.
+    pub ports: String,
+    pub proto: String,
+    /// `profile openai`, `label egressd.allow`, `container DNS`.
+    pub source: String,
+    /// Current addresses of a domain (empty for a CIDR, or when not resolved yet).
+    pub addrs: Vec<AddrStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddrStatus {
+    pub addr: IpAddr,
+    /// Seconds until the kernel removes the address from the set.
+    pub expires_in_secs: u64,
+}
+
+/// The human form: one block per container, readable at a glance.
+pub fn render(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "dns mode: {}   docker: {}   containers: {}",
+        report.dns_mode,
+        if report.docker_connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        report.containers.len()
+    );
+    for c in &report.containers {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{} ({})  {}",
+            c.name,
+            c.id.get(..12).unwrap_or(&c.id),
+            c.state.as_str().to_uppercase()
+        );
+        if !c.profiles.is_empty() {
+            let _ = writeln!(out, "  profiles: {}", c.profiles.join(", "));
+        }
+        if let Some(s) = &c.shared_with {
+            let _ = writeln!(out, "  shares the network namespace (and table) of {s}");
+        }
+        let _ = writeln!(
+            out,
+            "  via: {}   allowed: {} pkts   denied: {} pkts",
+            c.enforced_by, c.allowed_packets, c.denied_packets
+        );
+        for e in &c.errors {
+            let _ = writeln!(out, "  ! {e}");
+        }
+        if let Some(e) = &c.last_error {
+            let _ = writeln!(out, "  last error: {e}");
+        }
+        for h in &c.hosts {
+            let addrs = if h.addrs.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = h
+                    .addrs
+                    .iter()
+                    .map(|a| format!("{} ({}s)", a.addr, a.expires_in_secs))
+                    .collect();
+                format!("  -> {}", list.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<32} {}/{}  [{}]{}",
+                h.host, h.ports, h.proto, h.source, addrs
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatusReport {
+        StatusReport {
+            version: STATUS_VERSION,
+            dns_mode: "resolve".into(),
+            docker_connected: true,
+            containers: vec![ContainerStatus {
+                id: "0123456789abcdef".into(),
+                name: "agent".into(),
+                state: State::Enforced,
+                profiles: vec!["openai".into()],
+                enforced_by: "event".into(),
+                shared_with: None,
+                hosts: vec![HostStatus {
+                    host: "api.openai.com".into(),
+                    ports: "443".into(),
+                    proto: "tcp".into(),
+                    source: "profile openai".into(),
+                    addrs: vec![AddrStatus {
+                        addr: "192.0.2.1".parse().unwrap(),
+                        expires_in_secs: 42,
+                    }],
+                }],
+                allowed_packets: 3,
+                denied_packets: 7,
+                errors: vec![],
+                last_error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_round_trips_and_uses_lowercase_states() {
+        let r = sample();
+        let j = serde_json::to_string(&r).unwrap();
+        assert!(j.contains("\"state\":\"enforced\""), "{j}");
+        let back: StatusReport = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn human_output_shows_the_essentials() {
+        let text = render(&sample());
+        for needle in [
+            "agent (0123456789ab)  ENFORCED",
+            "profiles: openai",
+            "denied: 7 pkts",
+            "api.openai.com",
+            "192.0.2.1 (42s)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,765 @@
+//! End-to-end: the real `egressd` binary, a real dockerd, real containers and real packets.
+//!
+//! Topology (all made by the test, torn down after):
+//! - an `--internal` Docker network 10.231.N.0/24 (no route off the host);
+//! - two fake API servers on it (busybox httpd on 443 and 8443): "api" (.10) and "other" (.11);
+//! - a fake upstream DNS (the `fake_dns` example) on the network's gateway address, mapping
+//!   api.openai.com (and test names) to those servers;
+//! - the daemon, with that DNS as its only upstream.
+//!
+//! Everything runs in one #[test] so the image, network and daemon are built once; each
+//! scenario is a function, and a failure names it. Disruptive scenarios (kill -9, dockerd
+//! restart) come last. Needs root and dockerd (scripts/test.sh starts it).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use egressd::status::{State, StatusReport};
+
+const IMAGE: &str = "egressd-test-busybox";
+const LABEL: &str = "egressd-e2e";
+
+fn sh(args: &[&str]) -> (bool, String) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn must(args: &[&str]) -> String {
+    let (ok, out) = sh(args);
+    assert!(ok, "{args:?} failed: {out}");
+    out.trim().to_string()
+}
+
+/// Directory of the test binary's target profile (target/debug), where cargo also puts examples.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// Builds the busybox image FROM scratch (Debian's busybox-static; no registry needed).
+pub fn build_image() {
+    let dir = std::env::temp_dir().join("egressd-e2e-image");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("busybox-static installed");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n",
+    )
+    .unwrap();
+    must(&["docker", "build", "-q", "-t", IMAGE, dir.to_str().unwrap()]);
+}
+
+struct Fixture {
+    net: String,
+    /// 10.231.N
+    prefix: String,
+    dir: PathBuf,
+    dns: Option<Child>,
+    daemon: Option<Child>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        cleanup_leftovers();
+        build_image();
+        let n = 100 + (std::process::id() % 100);
+        let prefix = format!("10.231.{n}");
+        let net = format!("egressd-e2e-{n}");
+        must(&[
+            "docker",
+            "network",
+            "create",
+            "--internal",
+            "--subnet",
+            &format!("{prefix}.0/24"),
+            "--label",
+            LABEL,
+            &net,
+        ]);
+        let dir = std::env::temp_dir().join(format!("egressd-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = Fixture {
+            net,
+            prefix,
+            dir,
+            dns: None,
+            daemon: None,
+        };
+        for (name, host) in [("egressd-e2e-api", 10), ("egressd-e2e-other", 11)] {
+            f.run_container(
+                name,
+                &["--ip", &f.ip(host), "--restart", "always"],
+                &[],
+                "mkdir -p /www && echo ok > /www/index.html && httpd -p 443 -h /www && httpd -p 8443 -h /www && httpd -f -p 80 -h /www",
+            );
+        }
+        f.write_records(&[("api.openai.com", 10), ("api.anthropic.com", 11)], 2);
+        f.start_dns();
+        f.write_config("");
+        f.start_daemon();
+        f
+    }
+
+    fn ip(&self, host: u8) -> String {
+        format!("{}.{host}", self.prefix)
+    }
+
+    fn gateway(&self) -> String {
+        self.ip(1)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("egressd.sock")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    fn write_records(&self, records: &[(&str, u8)], ttl: u32) {
+        let mut text = String::new();
+        for (name, host) in records {
+            text.push_str(&format!("{name} A {} {ttl}\n", self.ip(*host)));
+        }
+        let tmp = self.dir.join("records.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.join("records")).unwrap();
+    }
+
+    fn write_config(&self, extra: &str) {
+        let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        std::fs::write(
+            self.config_path(),
+            format!(
+                "profile_dirs = [\"{}\"]\n{extra}\n[dns]\nupstreams = [\"{}:53\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\n[control]\nsocket = \"{}\"\n",
+                profiles.display(),
+                self.gateway(),
+                self.socket().display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn start_dns(&mut self) {
+        let bin = target_dir().join("examples/fake_dns");
+        let mut child = Command::new(&bin)
+            .args([
+                "--listen",
+                &format!("{}:53", self.gateway()),
+                "--records",
+                self.dir.join("records").to_str().unwrap(),
+                "--log",
+                self.dir.join("dns.log").to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("fake DNS exited before it was ready: {seen}");
+            }
+            seen.push_str(&line);
+            if line.trim() == "ready" {
+                break;
+            }
+        }
+        self.dns = Some(child);
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["run", "--config", self.config_path().to_str().unwrap()])
+            .env("EGRESSD_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        assert!(
+            wait(Duration::from_secs(20), || self.status().is_some()),
+            "daemon did not become ready:\n{}",
+            self.daemon_log()
+        );
+    }
+
+    fn kill9_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill(); // SIGKILL
+            let _ = d.wait();
+        }
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> Option<StatusReport> {
+        let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args([
+                "status",
+                "--json",
+                "--socket",
+                self.socket().to_str().unwrap(),
+            ])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn state_of(&self, name: &str) -> Option<State> {
+        self.status()?
+            .containers
+            .into_iter()
+            .find(|c| c.name == name)
+            .map(|c| c.state)
+    }
+
+    /// `docker run -d` on the test network; returns the container id.
+    fn run_container(
+        &self,
+        name: &str,
+        docker_args: &[&str],
+        labels: &[(&str, &str)],
+        cmd: &str,
+    ) -> String {
+        let _ = sh(&["docker", "rm", "-f", name]);
+        let mut args: Vec<String> = [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            LABEL,
+            "--network",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !docker_args.contains(&"--network") {
+            args.push(self.net.clone());
+        } else {
+            args.pop();
+        }
+        args.extend(docker_args.iter().map(|s| s.to_string()));
+        for (k, v) in labels {
+            args.push("--label".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.extend([IMAGE.to_string(), "sh".into(), "-c".into(), cmd.to_string()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        must(&refs)
+    }
+
+    /// A labelled agent container that sleeps; waits until the daemon reports it.
+    fn agent(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        let mut all = vec![("egressd.enable", "true")];
+        all.extend_from_slice(labels);
+        let id = self.run_container(name, &["--dns", &self.gateway()], &all, "sleep 3600");
+        assert!(
+            wait(Duration::from_secs(15), || self.state_of(name).is_some()),
+            "{name} never showed in status:\n{}",
+            self.daemon_log()
+        );
+        id
+    }
+
+    /// Whether a TCP connection from `container` to ip:port succeeds.
+    fn connects(&self, container: &str, ip: &str, port: u16) -> bool {
+        sh(&[
+            "docker",
+            "exec",
+            container,
+            "nc",
+            "-w",
+            "2",
+            ip,
+            &port.to_string(),
+        ])
+        .0
+    }
+
+    fn has_egressd_table(&self, container: &str) -> bool {
+        let pid = must(&["docker", "inspect", "-f", "{{.State.Pid}}", container]);
+        let (_, out) = sh(&["nsenter", "-t", &pid, "-n", "nft", "list", "tables"]);
+        out.contains("inet egressd")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.kill9_daemon();
+        if let Some(mut d) = self.dns.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        if std::env::var_os("EGRESSD_E2E_KEEP").is_none() {
+            cleanup_leftovers();
+        }
+    }
+}
+
+fn cleanup_leftovers() {
+    let (_, ids) = sh(&["docker", "ps", "-aq", "--filter", &format!("label={LABEL}")]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["docker", "rm", "-f"];
+        args.extend(ids);
+        let _ = sh(&args);
+    }
+    let (_, nets) = sh(&[
+        "docker",
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label={LABEL}"),
+    ]);
+    for n in nets.split_whitespace() {
+        let _ = sh(&["docker", "network", "rm", n]);
+    }
+}
+
+fn wait(max: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + max;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scenario(name: &str, f: impl FnOnce()) {
+    eprintln!("--- scenario: {name}");
+    let t = Instant::now();
+    f();
+    eprintln!("--- ok: {name} ({:.1}s)", t.elapsed().as_secs_f64());
+}
+
+#[test]
+fn docker_end_to_end() {
+    let mut fx = Fixture::new();
+    let (api, other) = (fx.ip(10), fx.ip(11));
+
+    scenario(
+        "allowed domain reachable, its other ports and other hosts rejected",
+        || {
+            fx.agent("egressd-e2e-agent", &[("egressd.profiles", "openai")]);
+            assert!(
+                wait(Duration::from_secs(10), || fx.connects(
+                    "egressd-e2e-agent",
+                    &api,
+                    443
+                )),
+                "api.openai.com:443 must connect:\n{}",
+                fx.daemon_log()
+            );
+            assert!(
+                !fx.connects("egressd-e2e-agent", &api, 8443),
+                "other port of the allowed host"
+            );
+            assert!(
+                !fx.connects("egressd-e2e-agent", &other, 443),
+                "an IP literal not in the policy"
+            );
+            assert_eq!(fx.state_of("egressd-e2e-agent"), Some(State::Enforced));
+            let st = fx.status().unwrap();
+            let c = st
+                .containers
+                .iter()
+                .find(|c| c.name == "egressd-e2e-agent")
+                .unwrap();
+            let host = c
+                .hosts
+                .iter()
+                .find(|h| h.host == "api.openai.com")
+                .expect("host in status");
+            assert_eq!(
+                host.addrs.first().map(|a| a.addr.to_string()),
+                Some(api.clone())
+            );
+            assert!(c.denied_packets >= 2, "denied counter: {c:?}");
+        },
+    );
+
+    scenario("unlabelled container is untouched", || {
+        fx.run_container("egressd-e2e-plain", &[], &[], "sleep 3600");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!fx.has_egressd_table("egressd-e2e-plain"));
+        assert!(fx.connects("egressd-e2e-plain", &other, 8443));
+        assert!(fx.state_of("egressd-e2e-plain").is_none());
+    });
+
+    scenario(
+        "bad allow label or unknown profile quarantines, and status says why",
+        || {
+            fx.agent("egressd-e2e-bad", &[("egressd.allow", "api.openai.com:0")]);
+            fx.agent(
+                "egressd-e2e-unknown",
+                &[("egressd.profiles", "openai,no-such-profile")],
+            );
+            for name in ["egressd-e2e-bad", "egressd-e2e-unknown"] {
+                assert_eq!(fx.state_of(name), Some(State::Quarantined), "{name}");
+                assert!(!fx.connects(name, &api, 443), "{name}: all egress rejected");
+                assert!(
+                    !fx.connects(name, &other, 80),
+                    "{name}: all egress rejected"
+                );
+            }
+            let st = fx.status().unwrap();
+            let bad = st
+                .containers
+                .iter()
+                .find(|c| c.name == "egressd-e2e-bad")
+                .unwrap();
+            assert!(
+                bad.errors
+                    .iter()
+                    .any(|e| e.contains("egressd.allow") && e.contains("port 0")),
+                "{bad:?}"
+            );
+            let unk = st
+                .containers
+                .iter()
+                .find(|c| c.name == "egressd-e2e-unknown")
+                .unwrap();
+            assert!(
+                unk.errors.iter().any(|e| e.contains("no-such-profile")),
+                "{unk:?}"
+            );
+        },
+    );
+
+    scenario(
+        "host network and NET_ADMIN with the label are stopped",
+        || {
+            let host = fx.run_container(
+                "egressd-e2e-hostnet",
+                &["--network", "host"],
+                &[("egressd.enable", "true")],
+                "sleep 3600",
+            );
+            let cap = fx.run_container(
+                "egressd-e2e-netadmin",
+                &["--cap-add", "NET_ADMIN"],
+                &[("egressd.enable", "true")],
+                "sleep 3600",
+            );
+            for id in [host, cap] {
+                assert!(
+                    wait(Duration::from_secs(15), || must(&[
+                        "docker",
+                        "inspect",
+                        "-f",
+                        "{{.State.Running}}",
+                        &id
+                    ]) == "false"),
+                    "unenforceable container {id} must be stopped:\n{}",
+                    fx.daemon_log()
+                );
+            }
+            assert_eq!(
+                fx.state_of("egressd-e2e-netadmin"),
+                Some(State::Unenforceable)
+            );
+        },
+    );
+
+    scenario(
+        "DNS change: new IP usable within the refresh bound, old IP until TTL + grace",
+        || {
+            fx.write_records(&[("api.openai.com", 11), ("api.anthropic.com", 11)], 2);
+            // TTL 2 s (min_ttl 1): the daemon re-resolves within ~2 s.
+            assert!(
+                wait(Duration::from_secs(8), || fx.connects(
+                    "egressd-e2e-agent",
+                    &other,
+                    443
+                )),
+                "new address usable after the refresh:\n{}",
+                fx.daemon_log()
+            );
+            // The old address was allowed until last answer + TTL 2 + grace 3.
+            assert!(
+                wait(Duration::from_secs(15), || !fx.connects(
+                    "egressd-e2e-agent",
+                    &api,
+                    443
+                )),
+                "old address must expire"
+            );
+            assert!(fx.connects("egressd-e2e-agent", &other, 443));
+            fx.write_records(&[("api.openai.com", 10), ("api.anthropic.com", 11)], 2);
+            assert!(wait(Duration::from_secs(8), || fx.connects(
+                "egressd-e2e-agent",
+                &api,
+                443
+            )));
+        },
+    );
+
+    scenario("docker restart re-enforces the new namespace", || {
+        must(&["docker", "restart", "-t", "0", "egressd-e2e-agent"]);
+        assert!(wait(Duration::from_secs(15), || fx
+            .has_egressd_table("egressd-e2e-agent")));
+        assert!(wait(Duration::from_secs(10), || fx.connects(
+            "egressd-e2e-agent",
+            &api,
+            443
+        )));
+        assert!(!fx.connects("egressd-e2e-agent", &api, 8443));
+        assert_eq!(fx.state_of("egressd-e2e-agent"), Some(State::Enforced));
+    });
+
+    scenario(
+        "40 labelled containers started at once are all enforced",
+        || {
+            let names: Vec<String> = (0..40).map(|i| format!("egressd-e2e-many-{i}")).collect();
+            let handles: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    let args = vec![
+                        "docker".to_string(),
+                        "run".into(),
+                        "-d".into(),
+                        "--name".into(),
+                        n.clone(),
+                        "--label".into(),
+                        LABEL.into(),
+                        "--label".into(),
+                        "egressd.enable=true".into(),
+                        "--label".into(),
+                        format!("egressd.allow={api}:443"),
+                        "--network".into(),
+                        fx.net.clone(),
+                        IMAGE.into(),
+                        "sleep".into(),
+                        "3600".into(),
+                    ];
+                    std::thread::spawn(move || {
+                        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                        must(&refs);
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert!(
+                wait(Duration::from_secs(30), || {
+                    let st = fx.status().unwrap_or_else(|| panic!("status"));
+                    names.iter().all(|n| {
+                        st.containers
+                            .iter()
+                            .any(|c| &c.name == n && c.state == State::Enforced)
+                    })
+                }),
+                "all 40 enforced:\n{}",
+                fx.daemon_log()
+            );
+            for n in &names {
+                assert!(fx.has_egressd_table(n), "{n} has its table");
+            }
+            for n in names.iter().step_by(8) {
+                assert!(fx.connects(n, &api, 443), "{n} allowed");
+                assert!(!fx.connects(n, &api, 8443), "{n} denied");
+            }
+            let mut rm = vec!["docker", "rm", "-f"];
+            rm.extend(names.iter().map(String::as_str));
+            must(&rm);
+            assert!(
+                wait(Duration::from_secs(10), || {
+                    let st = fx.status().unwrap();
+                    !st.containers
+                        .iter()
+                        .any(|c| c.name.starts_with("egressd-e2e-many-"))
+                }),
+                "state of removed containers is dropped"
+            );
+        },
+    );
+
+    scenario(
+        "reload: a bad config is rejected and the old one stays",
+        || {
+            std::fs::write(fx.config_path(), "nflog_group = \"not a number\"\n").unwrap();
+            let (ok, out) = sh(&[
+                env!("CARGO_BIN_EXE_egressd"),
+                "reload",
+                "--socket",
+                fx.socket().to_str().unwrap(),
+            ]);
+            assert!(!ok, "bad reload must fail: {out}");
+            assert!(
+                out.contains("config.toml:1:15") && out.contains("not a number"),
+                "error names file:line:column and the token: {out}"
+            );
+            assert_eq!(fx.state_of("egressd-e2e-agent"), Some(State::Enforced));
+            fx.write_config("");
+            let (ok, out) = sh(&[
+                env!("CARGO_BIN_EXE_egressd"),
+                "reload",
+                "--socket",
+                fx.socket().to_str().unwrap(),
+            ]);
+            assert!(ok, "good reload: {out}");
+            assert!(fx.connects("egressd-e2e-agent", &api, 443));
+        },
+    );
+
+    scenario(
+        "kill -9 and restart of the daemon under a probe loop: zero forbidden successes",
+        || {
+            fx.agent("egressd-e2e-prober", &[("egressd.profiles", "openai")]);
+            assert!(wait(Duration::from_secs(10), || fx.connects(
+                "egressd-e2e-prober",
+                &api,
+                443
+            )));
+            // The probe loop runs inside the container the whole time and records every success.
+            must(&[
+                "docker",
+                "exec",
+                "-d",
+                "egressd-e2e-prober",
+                "sh",
+                "-c",
+                &format!(
+                    "while true; do nc -w 1 {api} 8443 </dev/null && echo hit >> /hits; echo try >> /tries; done"
+                ),
+            ]);
+            std::thread::sleep(Duration::from_secs(1));
+            fx.kill9_daemon();
+            std::thread::sleep(Duration::from_secs(1));
+            assert!(
+                fx.has_egressd_table("egressd-e2e-prober"),
+                "rules stay in the kernel after kill -9"
+            );
+            fx.start_daemon();
+            assert!(wait(Duration::from_secs(10), || fx
+                .state_of("egressd-e2e-prober")
+                == Some(State::Enforced)));
+            std::thread::sleep(Duration::from_secs(1));
+            must(&[
+                "docker",
+                "exec",
+                "egressd-e2e-prober",
+                "sh",
+                "-c",
+                "pkill -f 'while true' || true",
+            ]);
+            let tries = sh(&[
+                "docker",
+                "exec",
+                "egressd-e2e-prober",
+                "sh",
+                "-c",
+                "wc -l < /tries",
+            ])
+            .1;
+            let hits = sh(&[
+                "docker",
+                "exec",
+                "egressd-e2e-prober",
+                "sh",
+                "-c",
+                "cat /hits 2>/dev/null | wc -l",
+            ])
+            .1;
+            let tries: u32 = tries.trim().parse().unwrap_or(0);
+            assert!(tries > 10, "the probe ran ({tries} tries)");
+            assert_eq!(
+                hits.trim(),
+                "0",
+                "forbidden connections that got through during kill -9/restart"
+            );
+            assert!(
+                fx.connects("egressd-e2e-prober", &api, 443),
+                "allowed traffic resumes"
+            );
+        },
+    );
+
+    scenario(
+        "dockerd restart: the daemon reconnects, resyncs and enforcement stays",
+        || {
+            fx.run_container(
+                "egressd-e2e-survivor",
+                &["--restart", "always", "--dns", &fx.gateway()],
+                &[("egressd.enable", "true"), ("egressd.profiles", "openai")],
+                "sleep 3600",
+            );
+            assert!(wait(Duration::from_secs(10), || fx
+                .state_of("egressd-e2e-survivor")
+                == Some(State::Enforced)));
+            restart_dockerd();
+            assert!(
+                wait(Duration::from_secs(60), || {
+                    fx.status().is_some_and(|s| s.docker_connected)
+                        && fx.state_of("egressd-e2e-survivor") == Some(State::Enforced)
+                        && must(&[
+                            "docker",
+                            "inspect",
+                            "-f",
+                            "{{.State.Running}}",
+                            "egressd-e2e-survivor",
+                        ]) == "true"
+                        && fx.has_egressd_table("egressd-e2e-survivor")
+                }),
+                "enforced again after dockerd restart:\n{}",
+                fx.daemon_log()
+            );
+            assert!(wait(Duration::from_secs(10), || fx.connects(
+                "egressd-e2e-survivor",
+                &api,
+                443
+            )));
+            assert!(!fx.connects("egressd-e2e-survivor", &api, 8443));
+        },
+    );
+}
+
+/// Stops dockerd and starts it again the way scripts/lib/setup.sh does.
+fn restart_dockerd() {
+    let pid = std::fs::read_to_string("/var/run/docker.pid").unwrap_or_default();
+    let pid = pid.trim();
+    assert!(!pid.is_empty(), "dockerd pid file");
+    must(&["kill", "-TERM", pid]);
+    assert!(wait(Duration::from_secs(30), || !Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/setup.sh");
+    must(&[
+        "bash",
+        "-c",
+        &format!(". {} && ensure_dockerd", script.display()),
+    ]);
+}

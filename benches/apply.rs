@@ -24,7 +24,7 @@
 //! at the end, also when a case panics.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,9 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
@@ -203,7 +205,10 @@ fn bench_apply(
     let nft = owned(&["nft", "-f", path.to_str().expect("utf-8 temp path")]);
     let ns = scratch.name.clone();
     let mut r = CaseResult {
-        name: format!("replace table, {n} elements"),
+        name: format!(
+            "replace table, {n} element{}",
+            if n == 1 { "" } else { "s" }
+        ),
         iters,
         egressd: Samples::default(),
         ip_exec: Samples::default(),
@@ -211,14 +216,18 @@ fn bench_apply(
     };
     let check = |who: &str| {
         let got = fw.count_elems(SetName::Dom4).expect("count elements");
-        assert_eq!(got, n as usize, "{who}: dom4 holds {got} elements, want {n}");
+        assert_eq!(
+            got, n as usize,
+            "{who}: dom4 holds {got} elements, want {n}"
+        );
     };
     // Warm-up (page cache, nft's caches), and a check that both methods load the same table.
     fw.apply(&rs).expect("apply");
     check("egressd");
     time_ip_netns_exec(&ns, &nft);
     check("nft -f");
-    fw.verify(&rs).expect("the table nft loaded verifies against the ruleset");
+    fw.verify(&rs)
+        .expect("the table nft loaded verifies against the ruleset");
     for i in 0..iters {
         // Rotate the order too, so no method always runs right after the same other one.
         for k in 0..3 {
@@ -287,7 +296,10 @@ fn bench_add_one(
     }
     let got = fw.count_elems(SetName::Dom4).expect("count elements");
     let want = next as usize;
-    assert_eq!(got, want, "after the adds dom4 holds {got} elements, want {want}");
+    assert_eq!(
+        got, want,
+        "after the adds dom4 holds {got} elements, want {want}"
+    );
     r
 }
 
@@ -295,13 +307,7 @@ fn print_table(results: &[CaseResult]) {
     println!();
     println!(
         "{:<34} {:>5}  {:>17}  {:>17}  {:>7}  {:>17}  {:>7}",
-        "case",
-        "iters",
-        "egressd med/p90",
-        "ip netns exec nft",
-        "ratio",
-        "nft (in netns)",
-        "ratio"
+        "case", "iters", "egressd med/p90", "ip netns exec nft", "ratio", "nft (in netns)", "ratio"
     );
     println!(
         "{:<34} {:>5}  {:>17}  {:>17}  {:>7}  {:>17}  {:>7}",
@@ -391,7 +397,10 @@ fn main() -> ExitCode {
         ms(opens.median()),
         ms(opens.p90())
     );
-    if let Some(r) = results.iter().find(|r| r.name == "replace table, 1000 elements") {
+    if let Some(r) = results
+        .iter()
+        .find(|r| r.name == "replace table, 1000 elements")
+    {
         let (a, b) = (r.ratio_ip_exec(), r.ratio_in_netns());
         let met = |x: f64| if x >= 5.0 { "met" } else { "NOT met" };
         println!(

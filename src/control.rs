@@ -29,6 +29,13 @@ pub enum Request {
     Status { container: Option<String> },
     /// Re-read config and profiles and re-apply them everywhere.
     Reload,
+    /// From the OCI prestart hook: confine container `id` (process `pid`, bundle `bundle`)
+    /// now, before its process starts. Accepted from root only.
+    Enforce {
+        id: String,
+        pid: u32,
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -55,6 +62,8 @@ impl Response {
 /// A request from a client, with the channel for its answer.
 pub struct ControlRequest {
     pub request: Request,
+    /// The client's uid (`SO_PEERCRED`), when the kernel told it.
+    pub peer_uid: Option<u32>,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -127,6 +136,7 @@ pub async fn serve(
             return;
         };
         let requests = requests.clone();
+        let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
         tokio::spawn(async move {
             let _permit = permit;
             let (read, mut write) = stream.into_split();
@@ -141,7 +151,11 @@ pub async fn serve(
                         Ok(request) => {
                             let (tx, rx) = oneshot::channel();
                             if requests
-                                .send(ControlRequest { request, reply: tx })
+                                .send(ControlRequest {
+                                    request,
+                                    peer_uid,
+                                    reply: tx,
+                                })
                                 .await
                                 .is_err()
                             {

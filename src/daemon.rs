@@ -88,10 +88,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             ev = next_event(&mut events), if events.is_some() => {
                 match ev {
                     Some(Ok(ev)) => match ev.action {
-                        EventAction::Start => rec.on_start(&ev.id).await,
+                        EventAction::Start => rec.on_start(&ev.id, ev.at).await,
                         EventAction::Die => rec.on_stop(&ev.id, false),
                         EventAction::Destroy => rec.on_stop(&ev.id, true),
-                        EventAction::Create => {}
+                        EventAction::Create => rec.on_create(&ev.id, &ev.attributes),
                     },
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Docker event stream failed; reconnecting");
@@ -119,6 +119,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                         Ok(m) => Response { ok: true, message: Some(m), ..Default::default() },
                         Err(e) => Response::error(format!("reload rejected, old config stays in force:\n{e}")),
                     },
+                    // Only root (runc runs the hook as root) may have a table written on demand.
+                    Request::Enforce { .. } if req.peer_uid != Some(0) => {
+                        Response::error("enforce requests are accepted from root only")
+                    }
+                    Request::Enforce { id, pid, bundle } => {
+                        match rec.on_hook(crate::oci::State { id, pid, bundle }).await {
+                            Ok(m) => Response { ok: true, message: Some(m), ..Default::default() },
+                            Err(e) => Response::error(e),
+                        }
+                    }
                 };
                 let _ = req.reply.send(resp);
             }

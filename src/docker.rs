@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::models::ContainerInspectResponse;
@@ -51,6 +52,8 @@ pub struct ContainerInfo {
     pub cap_add: Vec<String>,
     /// `HostConfig.Dns`: DNS servers given with `--dns`.
     pub dns: Vec<IpAddr>,
+    /// Host path of the file Docker mounts at the container's `/etc/resolv.conf`.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl ContainerInfo {
@@ -106,6 +109,11 @@ pub fn container_info(r: &ContainerInspectResponse) -> ContainerInfo {
             .iter()
             .filter_map(|d| d.parse().ok())
             .collect(),
+        resolv_conf: r
+            .resolv_conf_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
     }
 }
 
@@ -116,6 +124,8 @@ pub struct Event {
     pub id: String,
     /// The labels Docker attached to the event (`Actor.Attributes`).
     pub attributes: BTreeMap<String, String>,
+    /// When dockerd emitted the event (`timeNano`), by the host's clock.
+    pub at: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,8 +236,13 @@ impl DockerClient {
                             "destroy" => EventAction::Destroy,
                             _ => return None,
                         };
+                        let at = m
+                            .time_nano
+                            .and_then(|n| u64::try_from(n).ok())
+                            .map(|n| UNIX_EPOCH + Duration::from_nanos(n));
                         let actor = m.actor?;
                         Some(Ok(Event {
+                            at,
                             action,
                             id: actor.id?,
                             attributes: actor.attributes.unwrap_or_default().into_iter().collect(),

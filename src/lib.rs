@@ -16,6 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod firewall;
+pub mod oci;
 pub mod policy;
 pub mod reconciler;
 pub mod resolver;

@@ -25,14 +25,30 @@ enum Command {
     Status(egressd::commands::status::StatusArgs),
     /// Re-read config and profiles and re-apply them (a bad config is rejected).
     Reload(egressd::commands::status::ReloadArgs),
+    /// Register the runtime shim in dockerd's daemon.json (merged, with a backup).
+    InstallRuntime(egressd::commands::install_runtime::InstallRuntimeArgs),
+    /// OCI prestart hook (run by runc for labelled containers; reads the state on stdin).
+    #[command(hide = true)]
+    Hook(egressd::commands::hook::HookArgs),
 }
 
+/// `egressd runtime [--config PATH] [--] RUNC-ARGS...` is the OCI runtime shim that Docker runs
+/// in place of runc: its arguments are runc's, so it bypasses clap.
+const RUNTIME_VERB: &str = "runtime";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let _argv0 = args.next();
+    if args.next().is_some_and(|a| a == RUNTIME_VERB) {
+        return egressd::commands::runtime::main(args.collect());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig(args) => egressd::commands::check_config::run(&args),
         Command::Run(args) => egressd::commands::run::run(&args),
         Command::Status(args) => egressd::commands::status::status(&args),
         Command::Reload(args) => egressd::commands::status::reload(&args),
+        Command::InstallRuntime(args) => egressd::commands::install_runtime::run(&args),
+        Command::Hook(args) => egressd::commands::hook::run(&args),
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
 use tokio::sync::mpsc;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::docker::{ContainerInfo, DockerClient};
 use crate::firewall::{AddrElem, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr, Ruleset};
+use crate::oci::{self, NetNs};
 use crate::policy::{
     self, Config, ContainerPolicy, Host, Mode, PortRange, ProfileSet, Proto,
     config::OnUnenforceable,
@@ -62,6 +63,8 @@ struct Tracked {
     errors: Vec<String>,
     last_error: Option<String>,
     enforced_by: &'static str,
+    /// Time from Docker's start event to the table being in place (event-driven only).
+    event_to_table: Option<Duration>,
     fw: Option<NsFirewall>,
     shared_with: Option<String>,
     /// UDP and TCP 53 to the DNS servers the container's own resolution path uses.
@@ -80,7 +83,21 @@ pub struct Reconciler {
     /// Non-loopback nameservers of the host: Docker's embedded DNS forwards to them from
     /// inside the container's namespace, so they are part of every container's DNS path.
     host_dns: Vec<IpAddr>,
+    /// Name and egressd labels of containers seen in a `create` event and not started yet:
+    /// what the prestart hook asks about (the Docker API must not be called from there).
+    created: BTreeMap<String, Created>,
 }
+
+/// What a `create` event told about a container.
+#[derive(Debug, Clone)]
+struct Created {
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Containers remembered between `create` and `start`; beyond this the oldest entries go (the
+/// hook then reads Docker's files instead).
+const MAX_CREATED: usize = 1024;
 
 impl Reconciler {
     pub fn new(
@@ -109,6 +126,7 @@ impl Reconciler {
             docker: None,
             resolve_tx,
             containers: BTreeMap::new(),
+            created: BTreeMap::new(),
             host_dns,
         }
     }
@@ -175,14 +193,30 @@ impl Reconciler {
         self.refresh_wanted();
     }
 
-    /// A container started: enforce it.
-    pub async fn on_start(&mut self, id: &str) {
+    /// A container started (`event_at`: when dockerd emitted the event): enforce it.
+    pub async fn on_start(&mut self, id: &str, event_at: Option<SystemTime>) {
         let Some(docker) = self.docker.clone() else {
             return;
         };
         match docker.inspect(id).await {
             Ok(Some(info)) if info.running => {
+                self.created.remove(&info.id);
+                if let Some(t) = self.containers.get_mut(&info.id)
+                    && t.enforced_by == "hook"
+                    && t.info.pid == info.pid
+                {
+                    // The prestart hook put the table in place before the process ran.
+                    t.info = info;
+                    return;
+                }
+                let id = info.id.clone();
                 self.enforce(info, "event").await;
+                if let (Some(at), Some(t)) = (event_at, self.containers.get_mut(&id))
+                    && t.fw.is_some()
+                {
+                    // The host clock, as dockerd's timestamp is; a clock step gives None.
+                    t.event_to_table = SystemTime::now().duration_since(at).ok();
+                }
                 self.refresh_wanted();
             }
             Ok(_) => {}
@@ -190,14 +224,149 @@ impl Reconciler {
         }
     }
 
+    /// A `create` event: remembers the container's name and egressd labels for the hook.
+    pub fn on_create(&mut self, id: &str, attributes: &BTreeMap<String, String>) {
+        let prefix = format!("{}.", self.config.label_prefix);
+        let labels: BTreeMap<String, String> = attributes
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        while self.created.len() >= MAX_CREATED {
+            self.created.pop_first();
+        }
+        let name = attributes.get("name").cloned().unwrap_or_default();
+        self.created
+            .insert(id.to_string(), Created { name, labels });
+    }
+
+    /// The OCI prestart hook of container `state.id` (run by the runtime shim, see
+    /// docs/runtime.md): puts its table in place before its process starts. `Ok` lets the
+    /// container start; `Err` (with the reason) makes the hook fail, so it does not start.
+    /// Never calls the Docker API: dockerd holds the container's lock until the hook returns.
+    pub async fn on_hook(&mut self, state: oci::State) -> Result<String, String> {
+        let short = state.id.get(..12).unwrap_or(&state.id).to_string();
+        let spec = oci::read_json(&state.bundle.join("config.json")).map_err(|e| e.to_string())?;
+        let facts = oci::spec_facts(&spec);
+        let mut info = ContainerInfo {
+            id: state.id.clone(),
+            running: true,
+            pid: state.pid,
+            network_mode: "default".into(),
+            resolv_conf: facts.resolv_conf.clone(),
+            ..Default::default()
+        };
+        // Labels: from the create event, else from Docker's own file (the event may still be
+        // queued). Without either, egressd cannot know whether to confine it: refuse.
+        let on_disk = facts.container_dir.as_deref().map(oci::read_config_v2);
+        match (self.created.remove(&state.id), on_disk) {
+            (Some(c), disk) => {
+                info.labels = c.labels;
+                info.name = match disk {
+                    Some(Ok((name, _))) if c.name.is_empty() => name,
+                    _ => c.name,
+                };
+            }
+            (None, Some(Ok((name, labels)))) => {
+                info.name = name;
+                info.labels = labels;
+            }
+            (None, Some(Err(e))) => {
+                return Err(format!(
+                    "cannot learn the labels of container {short} ({e}); not starting it"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "cannot learn the labels of container {short}: no create event was seen and its bundle names no Docker container directory; not starting it"
+                ));
+            }
+        }
+        if let Some(dir) = &facts.container_dir {
+            let path = dir.join("hostconfig.json");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => oci::apply_hostconfig(&text, &mut info)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+                Err(e) if facts.netns != NetNs::New => {
+                    return Err(format!("{}: {e}", path.display()));
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(policy) = policy::compile(&info.labels, &self.config, &self.profiles) else {
+            return Ok(format!("container {short} is not managed by egressd"));
+        };
+        let mut reason = oci::spec_unenforceable(&facts).or_else(|| unenforceable_reason(&info));
+        if reason.is_none() && matches!(facts.netns, NetNs::Joined(_)) {
+            let owner = info.joined_container().and_then(|j| self.find(j));
+            if owner.is_none_or(|o| o.fw.is_none()) {
+                reason = Some("joins a network namespace egressd does not manage".into());
+            }
+        }
+        if let Some(reason) = reason {
+            let warn_only = self.config.on_unenforceable == OnUnenforceable::Warn;
+            tracing::warn!(container = %info.name, id = %short, reason = %reason, warn_only,
+                "container opted in but cannot be confined");
+            let t = Tracked {
+                dns: Vec::new(),
+                policy: None,
+                state: State::Unenforceable,
+                errors: vec![reason.clone()],
+                last_error: None,
+                enforced_by: "hook",
+                event_to_table: None,
+                fw: None,
+                shared_with: None,
+                info,
+            };
+            self.containers.insert(state.id.clone(), t);
+            return if warn_only {
+                Ok(format!("container {short} is NOT confined: {reason}"))
+            } else {
+                Err(format!(
+                    "egressd cannot confine container {short}: it {reason}; not starting it (on_unenforceable = \"stop\")"
+                ))
+            };
+        }
+        // Resolve the container's domains first, so its first packet already finds them.
+        self.want_domains(policy_domains(&policy));
+        self.resolve_due_now(Duration::from_secs(2)).await;
+        self.enforce(info, "hook").await;
+        self.refresh_wanted();
+        match self.containers.get(&state.id) {
+            Some(t)
+                if (t.fw.is_some() || t.shared_with.is_some())
+                    && matches!(
+                        t.state,
+                        State::Enforced | State::Report | State::Quarantined
+                    ) =>
+            {
+                Ok(format!("container {short}: {}", t.state.as_str()))
+            }
+            Some(t) => Err(format!(
+                "egressd could not put the table of container {short} in place: {}",
+                t.last_error.as_deref().unwrap_or("unknown error")
+            )),
+            None => Err(format!("egressd lost track of container {short}")),
+        }
+    }
+
     /// A container died or was removed: its namespace is gone, and so is its table. A container
     /// egressd stopped as unenforceable stays listed (with the reason) until it is removed.
     pub fn on_stop(&mut self, id: &str, removed: bool) {
+        if removed {
+            self.created.remove(id);
+        }
+        // Kept on `die`: an unenforceable container (listed until removed), and one whose
+        // new process the prestart hook already confined (`docker restart` through the shim:
+        // the old run's `die` event can arrive after the new run's hook request).
         let keep = !removed
-            && self
-                .containers
-                .get(id)
-                .is_some_and(|t| t.state == State::Unenforceable);
+            && self.containers.get(id).is_some_and(|t| {
+                t.state == State::Unenforceable
+                    || (t.enforced_by == "hook"
+                        && t.info.pid != 0
+                        && std::path::Path::new(&format!("/proc/{}", t.info.pid)).exists())
+            });
         if !keep && self.containers.contains_key(id) {
             self.forget(id);
             self.refresh_wanted();
@@ -224,6 +393,7 @@ impl Reconciler {
             errors: Vec::new(),
             last_error: None,
             enforced_by: via,
+            event_to_table: None,
             fw: None,
             shared_with: None,
             info,
@@ -354,8 +524,13 @@ impl Reconciler {
 
     /// DNS servers the container's resolution path sends to from inside its namespace.
     fn dns_servers(&self, info: &ContainerInfo) -> Vec<IpAddr> {
-        let own = std::fs::read_to_string(format!("/proc/{}/root/etc/resolv.conf", info.pid))
-            .unwrap_or_default();
+        // Docker's file for the container's /etc/resolv.conf. (At prestart time the process
+        // has not pivoted into its root yet, so /proc/PID/root is only the fallback.)
+        let path = info
+            .resolv_conf
+            .clone()
+            .unwrap_or_else(|| format!("/proc/{}/root/etc/resolv.conf", info.pid).into());
+        let own = std::fs::read_to_string(path).unwrap_or_default();
         let mut out: BTreeSet<IpAddr> = resolver::parse_resolv_conf(&own)
             .into_iter()
             .map(|s| s.ip())
@@ -525,6 +700,9 @@ impl Reconciler {
                         .map(|p| p.profiles.clone())
                         .unwrap_or_default(),
                     enforced_by: t.enforced_by.to_string(),
+                    event_to_table_us: t
+                        .event_to_table
+                        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                     shared_with: t.shared_with.clone(),
                     hosts: self.host_status(t, now),
                     allowed_packets: counters.allowed_packets,

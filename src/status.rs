@@ -52,8 +52,13 @@ pub struct ContainerStatus {
     pub name: String,
     pub state: State,
     pub profiles: Vec<String>,
-    /// How the table got there: `event`, `sync` (daemon start or Docker reconnect), `reload`.
+    /// How the table got there: `hook` (the runtime shim's prestart hook, before the process
+    /// started), `event`, `sync` (daemon start or Docker reconnect), `reload`.
     pub enforced_by: String,
+    /// Microseconds from Docker's start event to the table being in place, when the table was
+    /// written for that event (absent after a sync or for a container sharing another's table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_to_table_us: Option<u64>,
     /// `--network container:X`: the container whose table confines this one.
     pub shared_with: Option<String>,
     pub hosts: Vec<HostStatus>,
@@ -113,10 +118,15 @@ pub fn render(report: &StatusReport) -> String {
         if let Some(s) = &c.shared_with {
             let _ = writeln!(out, "  shares the network namespace (and table) of {s}");
         }
+        let latency = match c.event_to_table_us {
+            Some(us) => format!(" ({:.1} ms after start)", us as f64 / 1e3),
+            None if c.enforced_by == "hook" => " (before the process started)".into(),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  via: {}   allowed: {} pkts   denied: {} pkts",
-            c.enforced_by, c.allowed_packets, c.denied_packets
+            "  via: {}{}   allowed: {} pkts   denied: {} pkts",
+            c.enforced_by, latency, c.allowed_packets, c.denied_packets
         );
         for e in &c.errors {
             let _ = writeln!(out, "  ! {e}");
@@ -160,6 +170,7 @@ mod tests {
                 state: State::Enforced,
                 profiles: vec!["openai".into()],
                 enforced_by: "event".into(),
+                event_to_table_us: Some(3500),
                 shared_with: None,
                 hosts: vec![HostStatus {
                     host: "api.openai.com".into(),

@@ -311,6 +311,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        unregister_runtime();
         self.kill9_daemon();
         if let Some(mut d) = self.dns.take() {
             let _ = d.kill();
@@ -634,6 +635,8 @@ fn docker_end_to_end() {
         },
     );
 
+    runtime_scenarios(&mut fx);
+
     scenario(
         "kill -9 and restart of the daemon under a probe loop: zero forbidden successes",
         || {
@@ -762,4 +765,347 @@ fn restart_dockerd() {
         "-c",
         &format!(". {} && ensure_dockerd", script.display()),
     ]);
+}
+
+/// Name under which the tests register the runtime shim in /etc/docker/daemon.json (removed
+/// again when the fixture is dropped; `install-runtime` keeps a backup of the file).
+const RUNTIME: &str = "egressd-e2e";
+
+fn hup_dockerd() {
+    let pid = std::fs::read_to_string("/var/run/docker.pid").unwrap_or_default();
+    must(&["kill", "-HUP", pid.trim()]);
+}
+
+fn register_runtime(fx: &Fixture) {
+    let out = must(&[
+        env!("CARGO_BIN_EXE_egressd"),
+        "install-runtime",
+        "--name",
+        RUNTIME,
+        "--config",
+        fx.config_path().to_str().unwrap(),
+    ]);
+    eprintln!("{out}");
+    hup_dockerd();
+    assert!(
+        wait(Duration::from_secs(10), || sh(&[
+            "docker",
+            "info",
+            "--format",
+            "{{json .Runtimes}}"
+        ])
+        .1
+        .contains(RUNTIME)),
+        "dockerd did not pick up the runtime"
+    );
+}
+
+fn unregister_runtime() {
+    let (ok, _) = sh(&[
+        env!("CARGO_BIN_EXE_egressd"),
+        "install-runtime",
+        "--name",
+        RUNTIME,
+        "--remove",
+    ]);
+    if ok {
+        hup_dockerd();
+    }
+}
+
+/// Entrypoint that, from its first instruction, tries `n` HTTP requests to a forbidden
+/// target and prints TRY for each attempt and LEAK for each answer.
+fn probe_cmd(target: &str, n: u32) -> String {
+    format!(
+        "i=0; while [ $i -lt {n} ]; do echo TRY; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {target} 443 2>/dev/null | grep -q ok && echo LEAK; i=$((i+1)); done"
+    )
+}
+
+/// `docker run --rm` of a labelled probe container (openai allowed, `target` forbidden);
+/// returns (tries, leaks).
+fn run_probe(fx: &Fixture, name: &str, runtime: Option<&str>, target: &str, n: u32) -> (u32, u32) {
+    let mut args = vec![
+        "docker".to_string(),
+        "run".into(),
+        "--rm".into(),
+        "--name".into(),
+        name.into(),
+        "--label".into(),
+        LABEL.into(),
+        "--label".into(),
+        "egressd.enable=true".into(),
+        "--label".into(),
+        "egressd.profiles=openai".into(),
+        "--network".into(),
+        fx.net.clone(),
+        "--dns".into(),
+        fx.gateway(),
+    ];
+    if let Some(r) = runtime {
+        args.push("--runtime".into());
+        args.push(r.into());
+    }
+    args.extend([
+        IMAGE.to_string(),
+        "sh".into(),
+        "-c".into(),
+        probe_cmd(target, n),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = must(&refs);
+    let count = |w: &str| out.lines().filter(|l| l.trim() == w).count() as u32;
+    (count("TRY"), count("LEAK"))
+}
+
+/// The OCI runtime shim (issue 6): registered in dockerd, containers started with
+/// `--runtime egressd-e2e` get their table from the prestart hook, before their process runs.
+fn runtime_scenarios(fx: &mut Fixture) {
+    let (api, other) = (fx.ip(10), fx.ip(11));
+    register_runtime(fx);
+
+    scenario(
+        "leak window: 0 forbidden successes over 20 starts through the shim (event path counted)",
+        || {
+            let mut shim = (0, 0);
+            let mut events = (0, 0);
+            for i in 0..20 {
+                let (t, l) = run_probe(
+                    fx,
+                    &format!("egressd-e2e-leak-{i}"),
+                    Some(RUNTIME),
+                    &other,
+                    20,
+                );
+                shim = (shim.0 + t, shim.1 + l);
+                let (t, l) = run_probe(fx, &format!("egressd-e2e-leakev-{i}"), None, &other, 20);
+                events = (events.0 + t, events.1 + l);
+            }
+            eprintln!(
+                "    leak count over 20 starts: with the shim {} of {} tries, event-driven {} of {} tries",
+                shim.1, shim.0, events.1, events.0
+            );
+            assert_eq!(shim.0, 400, "every probe ran");
+            assert_eq!(
+                shim.1, 0,
+                "forbidden connections before the table was in place"
+            );
+        },
+    );
+
+    scenario(
+        "through the shim: exec, logs, restart, stop and unlabelled containers work",
+        || {
+            let id = fx.run_container(
+                "egressd-e2e-shim",
+                &["--runtime", RUNTIME, "--dns", &fx.gateway()],
+                &[("egressd.enable", "true"), ("egressd.profiles", "openai")],
+                "echo started; sleep 3600",
+            );
+            let st = fx.status().unwrap();
+            let c = st
+                .containers
+                .iter()
+                .find(|c| c.name == "egressd-e2e-shim")
+                .expect("enforced before docker run returned");
+            assert_eq!(c.state, State::Enforced);
+            assert_eq!(c.enforced_by, "hook");
+            assert!(
+                fx.connects("egressd-e2e-shim", &api, 443),
+                "allowed via exec"
+            );
+            assert!(
+                !fx.connects("egressd-e2e-shim", &api, 8443),
+                "denied via exec"
+            );
+            assert!(must(&["docker", "logs", "egressd-e2e-shim"]).contains("started"));
+            must(&["docker", "restart", "-t", "0", "egressd-e2e-shim"]);
+            assert!(wait(Duration::from_secs(10), || {
+                let pid = must(&["docker", "inspect", "-f", "{{.State.Pid}}", &id]);
+                fx.status().is_some_and(|s| {
+                    s.containers.iter().any(|c| {
+                        c.name == "egressd-e2e-shim"
+                            && c.enforced_by == "hook"
+                            && c.state == State::Enforced
+                    })
+                }) && pid != "0"
+            }));
+            assert!(
+                fx.has_egressd_table("egressd-e2e-shim"),
+                "new netns has its table"
+            );
+            assert!(!fx.connects("egressd-e2e-shim", &other, 443));
+            assert!(fx.connects("egressd-e2e-shim", &api, 443));
+            must(&["docker", "stop", "-t", "0", "egressd-e2e-shim"]);
+            assert_eq!(
+                must(&[
+                    "docker",
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}}",
+                    "egressd-e2e-shim"
+                ]),
+                "false"
+            );
+            fx.run_container(
+                "egressd-e2e-shim-plain",
+                &["--runtime", RUNTIME],
+                &[],
+                "sleep 3600",
+            );
+            assert!(!fx.has_egressd_table("egressd-e2e-shim-plain"));
+            assert!(
+                fx.connects("egressd-e2e-shim-plain", &other, 443),
+                "unlabelled: untouched"
+            );
+            assert!(fx.state_of("egressd-e2e-shim-plain").is_none());
+        },
+    );
+
+    scenario(
+        "through the shim: --cap-add NET_ADMIN with the label is refused at start",
+        || {
+            let _ = sh(&["docker", "rm", "-f", "egressd-e2e-shim-cap"]);
+            let (ok, out) = sh(&[
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                "egressd-e2e-shim-cap",
+                "--label",
+                LABEL,
+                "--label",
+                "egressd.enable=true",
+                "--network",
+                &fx.net,
+                "--cap-add",
+                "NET_ADMIN",
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+                "sleep",
+                "3600",
+            ]);
+            assert!(!ok, "must not start: {out}");
+            assert!(
+                out.contains("CAP_NET_ADMIN") && out.contains("not starting it"),
+                "clear error: {out}"
+            );
+            assert_eq!(
+                must(&[
+                    "docker",
+                    "inspect",
+                    "-f",
+                    "{{.State.Running}}",
+                    "egressd-e2e-shim-cap"
+                ]),
+                "false"
+            );
+        },
+    );
+
+    scenario(
+        "through the shim: 30 labelled containers at once, confined from their first packet",
+        || {
+            let other = other.clone();
+            let handles: Vec<_> = (0..30)
+                .map(|i| {
+                    let fx_net = fx.net.clone();
+                    let gw = fx.gateway();
+                    let other = other.clone();
+                    std::thread::spawn(move || {
+                        let probe = probe_cmd(&other, 3);
+                        let name = format!("egressd-e2e-burst-{i}");
+                        let args = [
+                            "docker",
+                            "run",
+                            "--rm",
+                            "--name",
+                            &name,
+                            "--label",
+                            LABEL,
+                            "--label",
+                            "egressd.enable=true",
+                            "--label",
+                            "egressd.profiles=openai",
+                            "--network",
+                            &fx_net,
+                            "--dns",
+                            &gw,
+                            "--runtime",
+                            RUNTIME,
+                            IMAGE,
+                            "sh",
+                            "-c",
+                            &probe,
+                        ];
+                        let out = must(&args);
+                        let tries = out.lines().filter(|l| l.trim() == "TRY").count();
+                        let leaks = out.lines().filter(|l| l.trim() == "LEAK").count();
+                        (tries, leaks)
+                    })
+                })
+                .collect();
+            let (mut tries, mut leaks) = (0, 0);
+            for h in handles {
+                let (t, l) = h.join().unwrap();
+                tries += t;
+                leaks += l;
+            }
+            assert_eq!(tries, 90, "every probe ran");
+            assert_eq!(
+                leaks, 0,
+                "forbidden connections in a burst through the shim"
+            );
+        },
+    );
+
+    scenario(
+        "daemon stopped: a labelled container does not start, an unlabelled one does",
+        || {
+            fx.kill9_daemon();
+            let _ = sh(&["docker", "rm", "-f", "egressd-e2e-shim-down"]);
+            let (ok, out) = sh(&[
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                "egressd-e2e-shim-down",
+                "--label",
+                LABEL,
+                "--label",
+                "egressd.enable=true",
+                "--network",
+                &fx.net,
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+                "sleep",
+                "3600",
+            ]);
+            assert!(!ok, "labelled container started without egressd: {out}");
+            assert!(
+                out.contains("is labelled for egressd") && out.contains("not started"),
+                "the error says why: {out}"
+            );
+            let (ok, out) = sh(&[
+                "docker",
+                "run",
+                "--rm",
+                "--label",
+                LABEL,
+                "--network",
+                &fx.net,
+                "--runtime",
+                RUNTIME,
+                IMAGE,
+                "echo",
+                "plain-ok",
+            ]);
+            assert!(
+                ok && out.contains("plain-ok"),
+                "unlabelled container: {out}"
+            );
+            fx.start_daemon();
+        },
+    );
 }

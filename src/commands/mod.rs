@@ -1,5 +1,8 @@
 //! One file per CLI verb; `main.rs` only dispatches.
 
 pub mod check_config;
+pub mod hook;
+pub mod install_runtime;
 pub mod run;
+pub mod runtime;
 pub mod status;

@@ -255,9 +255,14 @@ impl Ruleset {
 
     /// The output chain, in order.
     pub fn chain(&self) -> Vec<ChainRule> {
-        let mut rules = vec![ChainRule::AcceptLoopback];
+        // Approved flows first: after its first packet, every packet of an allowed connection
+        // stops at the first rule (the hot path, measured in scripts/bench-datapath.sh).
+        let mut rules = Vec::new();
         if !self.quarantined {
             rules.push(ChainRule::AcceptApproved);
+        }
+        rules.push(ChainRule::AcceptLoopback);
+        if !self.quarantined {
             rules.push(ChainRule::AcceptReplies);
         }
         rules.extend(

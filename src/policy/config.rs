@@ -75,6 +75,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub docker: DockerConfig,
     pub control: ControlConfig,
+    pub runtime: RuntimeConfig,
 }
 
 /// `[dns]`
@@ -108,6 +109,24 @@ pub struct ControlConfig {
     pub group: String,
 }
 
+/// `[runtime]`: the OCI runtime shim (`egressd runtime`) and its prestart hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The real runc the shim hands every command to.
+    pub runc: PathBuf,
+    /// How long the prestart hook waits for the daemon before failing the start.
+    pub hook_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            runc: "/usr/sbin/runc".into(),
+            hook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -125,6 +144,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             docker: DockerConfig::default(),
             control: ControlConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -174,6 +194,14 @@ struct RawConfig {
     dns: Option<RawDns>,
     docker: Option<RawDocker>,
     control: Option<RawControl>,
+    runtime: Option<RawRuntime>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    runc: Option<Spanned<String>>,
+    hook_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -496,6 +524,25 @@ impl Config {
                 }
             }
         }
+        if let Some(rt) = &raw.runtime {
+            if let Some(v) = &rt.runc {
+                if let Some(p) = c.absolute_path("runtime.runc", v) {
+                    cfg.runtime.runc = p;
+                }
+            }
+            if let Some(v) = &rt.hook_timeout {
+                let n = *v.get_ref();
+                if (1..=60).contains(&n) {
+                    cfg.runtime.hook_timeout = Duration::from_secs(n.unsigned_abs());
+                } else {
+                    c.err(
+                        v.span(),
+                        &n.to_string(),
+                        "runtime.hook_timeout must be from 1 to 60 seconds",
+                    );
+                }
+            }
+        }
 
         if c.errors.is_empty() {
             Ok(cfg)
@@ -533,6 +580,21 @@ mod tests {
         assert_eq!(
             parse("[dns]\n[docker]\n[control]\n").unwrap(),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn runtime_keys() {
+        let cfg = parse("[runtime]\nrunc = \"/usr/bin/runc\"\nhook_timeout = 3\n").unwrap();
+        assert_eq!(cfg.runtime.runc, PathBuf::from("/usr/bin/runc"));
+        assert_eq!(cfg.runtime.hook_timeout, Duration::from_secs(3));
+        let errs = parse("[runtime]\nrunc = \"runc\"\nhook_timeout = 0\n").unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "/etc/egressd/config.toml:2:8: \"runc\": runtime.runc must be an absolute path",
+                "/etc/egressd/config.toml:3:16: \"0\": runtime.hook_timeout must be from 1 to 60 seconds",
+            ]
         );
     }
 

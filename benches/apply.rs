@@ -128,6 +128,7 @@ fn ruleset(n: u32) -> Ruleset {
         log: LogSettings::default(),
         nets: Vec::new(),
         addrs: (0..n).map(elem).collect(),
+        dns_redirect: None,
     };
     rs.normalize();
     rs

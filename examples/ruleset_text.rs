@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         log: LogSettings::default(),
         nets: Vec::new(),
         addrs: (0..n).map(filler).collect(),
+        dns_redirect: None,
     };
     for sa in allowed {
         for proto in [Proto::Tcp, Proto::Udp] {

@@ -20,6 +20,7 @@ fn ruleset() -> Ruleset {
         log: LogSettings::default(),
         nets: Vec::new(),
         addrs: Vec::new(),
+        dns_redirect: None,
     }
 }
 
@@ -481,4 +482,150 @@ fn display_output_is_accepted_by_nft_and_enforces_the_same() {
     let fw = open(&pair);
     fw.verify(&rs)
         .expect("text and netlink give the same table");
+}
+
+/// Proxy mode's NAT chain: UDP and TCP port 53 to *any* address (IPv4 and IPv6) lands on the
+/// proxy's loopback listeners in the client namespace, and never on the server's port 53; the
+/// proxy's own socket (SO_MARK) is not redirected and reaches the real server.
+#[test]
+fn dns_redirect_catches_udp_and_tcp_53_to_any_address_and_spares_the_proxy() {
+    use egressd::firewall::{DnsRedirect, PROXY_SOCKET_MARK, ProxyPorts};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, UdpSocket};
+    use std::os::fd::AsRawFd;
+
+    let pair = Pair::new();
+    // A default route into the server namespace (which forwards nothing), so that a query to
+    // an address outside both namespaces has a route and still goes nowhere.
+    common::sh(&[
+        "ip",
+        "-n",
+        &pair.client_name,
+        "route",
+        "add",
+        "default",
+        "via",
+        &pair.v4(1).to_string(),
+    ]);
+    // The "real" DNS servers: echo servers on port 53 of the server namespace.
+    pair.udp_echo(53);
+    pair.tcp_echo(53);
+    // The "proxy": loopback listeners inside the client namespace that answer "proxy".
+    let (u4, t4, u6, t6) = pair
+        .client
+        .run(|| {
+            Ok((
+                UdpSocket::bind("127.0.0.1:0")?,
+                TcpListener::bind("127.0.0.1:0")?,
+                UdpSocket::bind("[::1]:0")?,
+                TcpListener::bind("[::1]:0")?,
+            ))
+        })
+        .expect("bind proxy listeners");
+    let ports = |u: &UdpSocket, t: &TcpListener| ProxyPorts {
+        udp: u.local_addr().unwrap().port(),
+        tcp: t.local_addr().unwrap().port(),
+    };
+    let redirect = DnsRedirect {
+        v4: Some(ports(&u4, &t4)),
+        v6: Some(ports(&u6, &t6)),
+    };
+    for u in [u4, u6] {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = u.recv_from(&mut buf) {
+                let _ = u.send_to(b"proxy", from);
+            }
+        });
+    }
+    for t in [t4, t6] {
+        std::thread::spawn(move || {
+            for c in t.incoming() {
+                let Ok(mut c) = c else { continue };
+                let _ = c.write_all(b"proxy");
+            }
+        });
+    }
+    let fw = open(&pair);
+    let mut rs = ruleset();
+    // The server's port 53 is allowed, so only the redirect keeps queries away from it.
+    rs.nets
+        .push(net(&format!("10.{}.0.0/24", pair.t), Proto::Udp, 53, 53));
+    rs.nets
+        .push(net(&format!("10.{}.0.0/24", pair.t), Proto::Tcp, 53, 53));
+    rs.dns_redirect = Some(redirect);
+    fw.apply(&rs).expect("apply with DNS redirect");
+    fw.verify(&rs).expect("verify");
+
+    let udp_ask = |to: IpAddr, mark: bool| -> String {
+        pair.client
+            .run(move || {
+                let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
+                if mark {
+                    let m = PROXY_SOCKET_MARK;
+                    // SAFETY: plain setsockopt with a u32 value.
+                    let rc = unsafe {
+                        libc::setsockopt(
+                            s.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_MARK,
+                            (&m as *const u32).cast(),
+                            4,
+                        )
+                    };
+                    assert_eq!(rc, 0, "SO_MARK");
+                }
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send_to(b"ping", SocketAddr::new(to, 53))?;
+                let mut buf = [0u8; 16];
+                let n = s.recv(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap_or_else(|e| format!("error: {e}"))
+    };
+    let tcp_ask = |to: IpAddr| -> String {
+        pair.client
+            .run(move || {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &SocketAddr::new(to, 53),
+                    Duration::from_secs(2),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut buf = [0u8; 16];
+                let n = s.read(&mut buf)?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+            .unwrap_or_else(|e| format!("error: {e}"))
+    };
+    for to in [
+        pair.v4(1),
+        pair.v4(3),
+        pair.v6(1),
+        "10.255.255.1".parse().unwrap(),
+    ] {
+        assert_eq!(udp_ask(to, false), "proxy", "udp to {to}:53");
+    }
+    for to in [pair.v4(1), pair.v6(3)] {
+        assert_eq!(tcp_ask(to), "proxy", "tcp to {to}:53");
+    }
+    // The proxy's own (marked) socket goes to the real server.
+    assert_eq!(
+        udp_ask(pair.v4(1), true),
+        "ping",
+        "marked socket is not redirected"
+    );
+
+    // Without IPv6 listeners, IPv6 DNS is closed (rejected by the output chain), not open.
+    let mut rs4 = rs.clone();
+    rs4.dns_redirect = Some(DnsRedirect {
+        v4: redirect.v4,
+        v6: None,
+    });
+    fw.apply(&rs4).expect("apply v4-only redirect");
+    fw.verify(&rs4).expect("verify");
+    assert_eq!(udp_ask(pair.v4(1), false), "proxy");
+    assert!(
+        udp_ask(pair.v6(1), false).starts_with("error"),
+        "v6 DNS closed"
+    );
 }

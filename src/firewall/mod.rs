@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub use netns::Netns;
 pub use ruleset::{
-    AddrElem, ChainRule, LogSettings, NetElem, ResolvedAddr, Ruleset, SetName, TABLE_NAME,
+    AddrElem, ChainRule, DnsRedirect, LogSettings, NetElem, PROXY_SOCKET_MARK, ProxyPorts,
+    ResolvedAddr, Ruleset, SetName, TABLE_NAME,
 };
 
 use nl::NfSocket;
@@ -139,20 +140,28 @@ impl NsFirewall {
     pub fn verify(&self, ruleset: &Ruleset) -> Result<(), FirewallError> {
         let dump = self.dump()?;
         let mut diff = Vec::new();
-        if dump.chains != [ruleset::CHAIN_NAME] {
-            diff.push(format!("chains {:?}, want [\"output\"]", dump.chains));
+        let mut got_chains: Vec<&str> = dump.chains.iter().map(String::as_str).collect();
+        got_chains.sort_unstable();
+        let mut want_chains = ruleset.chain_names();
+        want_chains.sort_unstable();
+        if got_chains != want_chains {
+            diff.push(format!("chains {got_chains:?}, want {want_chains:?}"));
         }
-        let want_rules = ruleset.chain().len();
-        let got_rules = dump
-            .rules
-            .iter()
-            .find(|(c, _)| c == ruleset::CHAIN_NAME)
-            .map(|(_, n)| *n)
-            .unwrap_or(0);
-        if got_rules != want_rules {
-            diff.push(format!(
-                "{got_rules} rules in chain output, want {want_rules}"
-            ));
+        for (chain, want_rules) in [
+            (ruleset::CHAIN_NAME, ruleset.chain().len()),
+            (ruleset::DNS_CHAIN_NAME, ruleset.dns_chain().len()),
+        ] {
+            let got_rules = dump
+                .rules
+                .iter()
+                .find(|(c, _)| c == chain)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            if got_rules != want_rules {
+                diff.push(format!(
+                    "{got_rules} rules in chain {chain}, want {want_rules}"
+                ));
+            }
         }
         let mut counters: Vec<&str> = dump.counters.iter().map(|(n, _, _)| n.as_str()).collect();
         counters.sort_unstable();

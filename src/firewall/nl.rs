@@ -26,6 +26,7 @@ const NLM_F_ACK_TLVS: u16 = 0x200;
 /// Data registers used for concatenated lookups: each field starts at a 32-bit register.
 pub const REG32_00: u32 = libc::NFT_REG32_00 as u32;
 pub const REG_1: u32 = libc::NFT_REG_1 as u32;
+pub const REG_2: u32 = libc::NFT_REG_2 as u32;
 pub const REG_VERDICT: u32 = libc::NFT_REG_VERDICT as u32;
 
 /// One attribute value of an expression, with the width libnftnl expects.
@@ -118,6 +119,26 @@ impl Expr {
                 sys::NFTNL_EXPR_BITWISE_XOR,
                 Val::Data(xor.to_ne_bytes().to_vec()),
             )
+    }
+
+    /// Loads constant `data` into `dreg`.
+    pub fn immediate_data(dreg: u32, data: &[u8]) -> Self {
+        Expr::new(c"immediate")
+            .with(sys::NFTNL_EXPR_IMM_DREG, Val::U32(dreg))
+            .with(sys::NFTNL_EXPR_IMM_DATA, Val::Data(data.to_vec()))
+    }
+
+    /// `dnat ip|ip6 to ADDR:PORT`, with the address in `reg_addr` and the port (network
+    /// order) in `reg_proto`.
+    pub fn dnat(nfproto: i32, reg_addr: u32, reg_proto: u32) -> Self {
+        Expr::new(c"nat")
+            .with(
+                sys::NFTNL_EXPR_NAT_TYPE,
+                Val::U32(libc::NFT_NAT_DNAT as u32),
+            )
+            .with(sys::NFTNL_EXPR_NAT_FAMILY, Val::U32(nfproto as u32))
+            .with(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, Val::U32(reg_addr))
+            .with(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, Val::U32(reg_proto))
     }
 
     /// `accept` (or any other netfilter verdict).

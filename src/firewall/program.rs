@@ -7,9 +7,10 @@ use nftnl::{
     Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
 };
 
-use super::nl::{self, Elem, Expr, REG_1, REG32_00, SetSpec};
+use super::nl::{self, Elem, Expr, REG_1, REG_2, REG32_00, SetSpec};
 use super::ruleset::{
-    self, APPROVED_MARK, AddrElem, ChainRule, Ruleset, SetName, TABLE_NAME, addr_key, net_key_range,
+    self, APPROVED_MARK, AddrElem, ChainRule, DnsRule, PROXY_SOCKET_MARK, Ruleset, SetName,
+    TABLE_NAME, addr_key, net_key_range,
 };
 use crate::policy::Proto;
 
@@ -158,6 +159,26 @@ pub fn replace_table(rs: &Ruleset) -> (FinalizedBatch, Vec<String>) {
         }
     }
 
+    let dns_rules = rs.dns_chain();
+    if !dns_rules.is_empty() {
+        let mut dns = Chain::new(cstr(ruleset::DNS_CHAIN_NAME), &table);
+        dns.set_hook(Hook::Out, ruleset::DNS_CHAIN_PRIORITY);
+        dns.set_type(ChainType::Nat);
+        dns.set_policy(Policy::Accept);
+        b.add(&dns, MsgType::Add, "add chain dns".into());
+        for (i, dr) in dns_rules.into_iter().enumerate() {
+            let mut rule = Rule::new(&dns);
+            for e in dns_rule_exprs(dr) {
+                rule.add_expr(&e);
+            }
+            b.add(
+                &rule,
+                MsgType::Add,
+                format!("add dns rule {} ({dr})", i + 1),
+            );
+        }
+    }
+
     let mut chain = Chain::new(cstr(ruleset::CHAIN_NAME), &table);
     chain.set_hook(Hook::Out, 0);
     chain.set_type(ChainType::Filter);
@@ -245,6 +266,43 @@ pub fn remove_addrs(elems: &[AddrElem]) -> (FinalizedBatch, Vec<String>) {
     b.finish()
 }
 
+/// The expressions of one DNS NAT rule (the comment above each arm is the `nft` syntax).
+fn dns_rule_exprs(rule: DnsRule) -> Vec<Expr> {
+    match rule {
+        // meta mark MARK return
+        DnsRule::ReturnProxy => vec![
+            Expr::meta(libc::NFT_META_MARK as u32, REG_1),
+            Expr::cmp_eq(REG_1, &PROXY_SOCKET_MARK.to_ne_bytes()),
+            Expr::verdict(libc::NFT_RETURN),
+        ],
+        // meta nfproto F meta l4proto P th dport 53 dnat ip[6] to LOOPBACK:PORT
+        DnsRule::Redirect { v6, proto, port } => {
+            let (nfproto, addr): (i32, Vec<u8>) = if v6 {
+                (
+                    libc::NFPROTO_IPV6,
+                    std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+                )
+            } else {
+                (
+                    libc::NFPROTO_IPV4,
+                    std::net::Ipv4Addr::LOCALHOST.octets().to_vec(),
+                )
+            };
+            vec![
+                Expr::meta(libc::NFT_META_NFPROTO as u32, REG_1),
+                Expr::cmp_eq(REG_1, &[nfproto as u8]),
+                Expr::meta(libc::NFT_META_L4PROTO as u32, REG_1),
+                Expr::cmp_eq(REG_1, &[proto.number()]),
+                Expr::payload(TRANSPORT, 2, 2, REG_1),
+                Expr::cmp_eq(REG_1, &53u16.to_be_bytes()),
+                Expr::immediate_data(REG_1, &addr),
+                Expr::immediate_data(REG_2, &port.to_be_bytes()),
+                Expr::dnat(nfproto, REG_1, REG_2),
+            ]
+        }
+    }
+}
+
 /// The expressions of one chain rule. The comment above each arm is the rule in `nft` syntax.
 fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
     let accept = Expr::verdict(libc::NF_ACCEPT);
@@ -266,6 +324,33 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
             Expr::cmp_eq(REG_1, &APPROVED_MARK.to_ne_bytes()),
             accept,
         ],
+        // meta nfproto F ip[6] daddr LOOPBACK ct status & dnat == dnat accept
+        ChainRule::AcceptRedirected { v6 } => {
+            let (nfproto, off, addr): (i32, u32, Vec<u8>) = if v6 {
+                (
+                    libc::NFPROTO_IPV6,
+                    24,
+                    std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+                )
+            } else {
+                (
+                    libc::NFPROTO_IPV4,
+                    16,
+                    std::net::Ipv4Addr::LOCALHOST.octets().to_vec(),
+                )
+            };
+            const IPS_DST_NAT: u32 = 1 << 5;
+            vec![
+                Expr::meta(libc::NFT_META_NFPROTO as u32, REG_1),
+                Expr::cmp_eq(REG_1, &[nfproto as u8]),
+                Expr::payload(NETWORK, off, addr.len() as u32, REG_1),
+                Expr::cmp_eq(REG_1, &addr),
+                Expr::ct_load(libc::NFT_CT_STATUS as u32, REG_1),
+                Expr::bitwise(REG_1, IPS_DST_NAT, 0),
+                Expr::cmp_eq(REG_1, &IPS_DST_NAT.to_ne_bytes()),
+                accept,
+            ]
+        }
         // ct direction reply accept
         ChainRule::AcceptReplies => vec![
             Expr::ct_load(libc::NFT_CT_DIRECTION as u32, REG_1),

@@ -32,6 +32,15 @@ use crate::policy::{ContainerPolicy, Host, Mode, PortRange, Proto};
 pub const TABLE_NAME: &str = "egressd";
 /// The base chain.
 pub const CHAIN_NAME: &str = "output";
+/// The NAT chain that redirects the container's DNS to egressd's proxy (proxy mode only).
+pub const DNS_CHAIN_NAME: &str = "dns";
+/// Priority of the DNS NAT chain: before Docker's own output NAT (-100), which would otherwise
+/// send queries for 127.0.0.11 to its embedded resolver first.
+pub const DNS_CHAIN_PRIORITY: i32 = -150;
+/// Socket mark (`SO_MARK`) of the proxy's own sockets inside the container's namespace: their
+/// queries (to Docker's embedded resolver) are not redirected back to the proxy. Setting a
+/// socket mark needs CAP_NET_ADMIN, which a confined container never has.
+pub const PROXY_SOCKET_MARK: u32 = 0x6567_7264;
 /// The conntrack mark bit egressd sets on flows it approved. Only flows carrying it are
 /// accepted as established, so nothing opened before the table existed is grandfathered in.
 pub const APPROVED_MARK: u32 = 0x0100_0000;
@@ -139,6 +148,33 @@ impl Default for LogSettings {
     }
 }
 
+/// Local ports of one family's DNS proxy listeners inside the container's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyPorts {
+    pub udp: u16,
+    pub tcp: u16,
+}
+
+/// Proxy mode: every DNS query (UDP and TCP port 53, to any address) is redirected to the
+/// proxy's listeners on loopback. A family without listeners gets no redirect, so its DNS
+/// falls through to the output chain and is rejected (closed, not open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// Listeners on 127.0.0.1.
+    pub v4: Option<ProxyPorts>,
+    /// Listeners on ::1 (absent when IPv6 is disabled in the namespace).
+    pub v6: Option<ProxyPorts>,
+}
+
+/// One rule of the DNS NAT chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsRule {
+    /// `meta mark MARK return`: the proxy's own queries.
+    ReturnProxy,
+    /// `meta nfproto ipv4|ipv6 meta l4proto udp|tcp th dport 53 dnat ip|ip6 to LOOPBACK:PORT`
+    Redirect { v6: bool, proto: Proto, port: u16 },
+}
+
 /// Everything that goes into one container's `inet egressd` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
@@ -150,6 +186,8 @@ pub struct Ruleset {
     pub nets: Vec<NetElem>,
     /// Resolved elements (dom4/dom6).
     pub addrs: Vec<AddrElem>,
+    /// Proxy mode: where the DNS NAT chain sends the container's queries.
+    pub dns_redirect: Option<DnsRedirect>,
 }
 
 /// One rule of the output chain. Both the `nft` text and the netlink expressions are
@@ -160,6 +198,10 @@ pub enum ChainRule {
     AcceptLoopback,
     /// `ct mark & MARK == MARK accept`
     AcceptApproved,
+    /// `meta nfproto ipv4|ipv6 ip[6] daddr LOOPBACK ct status & dnat == dnat accept`: queries the
+    /// DNS chain redirected to the proxy. Needed besides `oifname "lo"` because the output
+    /// device a rule sees is the one routing chose before the redirect (eth0).
+    AcceptRedirected { v6: bool },
     /// `ct direction reply accept`
     AcceptReplies,
     /// `icmpv6 type TYPE accept`
@@ -185,6 +227,7 @@ impl Ruleset {
             log,
             nets: Vec::new(),
             addrs: Vec::new(),
+            dns_redirect: None,
         }
     }
 
@@ -236,6 +279,7 @@ impl Ruleset {
             log,
             nets,
             addrs,
+            dns_redirect: None,
         };
         rs.normalize();
         rs
@@ -262,6 +306,14 @@ impl Ruleset {
             rules.push(ChainRule::AcceptApproved);
         }
         rules.push(ChainRule::AcceptLoopback);
+        if let Some(r) = self.dns_redirect.filter(|_| !self.quarantined) {
+            if r.v4.is_some() {
+                rules.push(ChainRule::AcceptRedirected { v6: false });
+            }
+            if r.v6.is_some() {
+                rules.push(ChainRule::AcceptRedirected { v6: true });
+            }
+        }
         if !self.quarantined {
             rules.push(ChainRule::AcceptReplies);
         }
@@ -281,6 +333,39 @@ impl Ruleset {
             rules.push(ChainRule::RejectOther);
         }
         rules
+    }
+
+    /// The DNS NAT chain, in order; empty when there is no redirect (resolve mode) or the
+    /// table is a quarantine (DNS is then rejected like everything else).
+    pub fn dns_chain(&self) -> Vec<DnsRule> {
+        let Some(r) = self.dns_redirect.filter(|_| !self.quarantined) else {
+            return Vec::new();
+        };
+        let mut rules = vec![DnsRule::ReturnProxy];
+        for (v6, ports) in [(false, r.v4), (true, r.v6)] {
+            if let Some(p) = ports {
+                rules.push(DnsRule::Redirect {
+                    v6,
+                    proto: Proto::Udp,
+                    port: p.udp,
+                });
+                rules.push(DnsRule::Redirect {
+                    v6,
+                    proto: Proto::Tcp,
+                    port: p.tcp,
+                });
+            }
+        }
+        rules
+    }
+
+    /// Names of the chains the table has, as the kernel lists them.
+    pub fn chain_names(&self) -> Vec<&'static str> {
+        if self.dns_chain().is_empty() {
+            vec![CHAIN_NAME]
+        } else {
+            vec![DNS_CHAIN_NAME, CHAIN_NAME]
+        }
     }
 
     /// Static elements of one set, made disjoint (see [`disjoint_nets`]) as the kernel needs.
@@ -453,6 +538,14 @@ impl fmt::Display for ChainRule {
                 f,
                 "ct mark & {APPROVED_MARK:#010x} == {APPROVED_MARK:#010x} accept"
             ),
+            ChainRule::AcceptRedirected { v6: false } => write!(
+                f,
+                "meta nfproto ipv4 ip daddr 127.0.0.1 ct status & dnat == dnat accept"
+            ),
+            ChainRule::AcceptRedirected { v6: true } => write!(
+                f,
+                "meta nfproto ipv6 ip6 daddr ::1 ct status & dnat == dnat accept"
+            ),
             ChainRule::AcceptReplies => write!(f, "ct direction reply accept"),
             ChainRule::AcceptIcmpv6(t) => {
                 let name = ICMPV6_ND_TYPES
@@ -482,6 +575,26 @@ impl fmt::Display for ChainRule {
                 "counter name \"denied\" reject with icmpx admin-prohibited"
             ),
             ChainRule::CountAndAccept => write!(f, "counter name \"denied\" accept"),
+        }
+    }
+}
+
+impl fmt::Display for DnsRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsRule::ReturnProxy => write!(f, "meta mark {PROXY_SOCKET_MARK:#010x} return"),
+            DnsRule::Redirect { v6, proto, port } => {
+                let (nfproto, fam, to) = if *v6 {
+                    ("ipv6", "ip6", format!("[::1]:{port}"))
+                } else {
+                    ("ipv4", "ip", format!("127.0.0.1:{port}"))
+                };
+                write!(
+                    f,
+                    "meta nfproto {nfproto} meta l4proto {} th dport 53 dnat {fam} to {to}",
+                    proto_name(*proto)
+                )
+            }
         }
     }
 }
@@ -529,6 +642,18 @@ impl fmt::Display for Ruleset {
             };
             if !elems.is_empty() {
                 writeln!(f, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "))?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        let dns = self.dns_chain();
+        if !dns.is_empty() {
+            writeln!(f, "\tchain {DNS_CHAIN_NAME} {{")?;
+            writeln!(
+                f,
+                "\t\ttype nat hook output priority {DNS_CHAIN_PRIORITY}; policy accept;"
+            )?;
+            for rule in dns {
+                writeln!(f, "\t\t{rule}")?;
             }
             writeln!(f, "\t}}")?;
         }

@@ -6,6 +6,7 @@
 //! | `egressd.profiles` | comma-separated profile names |
 //! | `egressd.allow` | comma-separated inline rules (see [`super::rule`]) |
 //! | `egressd.mode` | `enforce` or `report`; default from `default_mode` in the config |
+//! | `egressd.dns` | `proxy` or `resolve`; default from `dns.mode` in the config |
 //!
 //! Any error (bad value, unknown profile, unknown `egressd.*` label, inline rules when the
 //! config forbids them) gives [`ContainerPolicy::quarantine`]: no rules, every error listed.
@@ -13,7 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use super::config::Config;
+use super::config::{Config, DnsMode};
 use super::profile::{Lookup, ProfileSet, is_valid_name};
 use super::rule::{merge_duplicates, parse_rule_list, split_tokens};
 use super::{ContainerPolicy, Mode, RuleSource};
@@ -23,8 +24,9 @@ pub const ENABLE: &str = "enable";
 pub const PROFILES: &str = "profiles";
 pub const ALLOW: &str = "allow";
 pub const MODE: &str = "mode";
+pub const DNS: &str = "dns";
 /// All known suffixes, in the order they are documented.
-pub const KNOWN: [&str; 4] = [ENABLE, PROFILES, ALLOW, MODE];
+pub const KNOWN: [&str; 5] = [ENABLE, PROFILES, ALLOW, MODE, DNS];
 
 /// One problem with a label. `Display` gives the strings stored in
 /// [`ContainerPolicy::errors`], e.g.
@@ -75,6 +77,7 @@ pub fn compile(
     }
 
     let mut mode = config.default_mode;
+    let mut dns = config.dns.mode;
     let mut profile_names: Vec<String> = Vec::new();
     let mut rules = Vec::new();
     let mut inline = Vec::new();
@@ -94,6 +97,18 @@ pub fn compile(
                         key: full_key.clone(),
                         at: Some((column, token.to_string())),
                         message: "must be \"enforce\" or \"report\"".into(),
+                    }),
+                }
+            }
+            DNS => {
+                let (column, token) = single_token(value);
+                match token {
+                    "proxy" => dns = DnsMode::Proxy,
+                    "resolve" => dns = DnsMode::Resolve,
+                    _ => errors.push(LabelError {
+                        key: full_key.clone(),
+                        at: Some((column, token.to_string())),
+                        message: "must be \"proxy\" (egressd answers the container's DNS) or \"resolve\" (egressd resolves the allowed names itself)".into(),
                     }),
                 }
             }
@@ -172,6 +187,7 @@ pub fn compile(
     rules.extend(inline);
     Some(ContainerPolicy {
         mode,
+        dns,
         profiles: profile_names,
         rules: merge_duplicates(rules),
         errors: Vec::new(),
@@ -378,6 +394,35 @@ mod tests {
     }
 
     #[test]
+    fn dns_label_overrides_the_config_and_bad_values_quarantine() {
+        let mut cfg = Config::default();
+        cfg.dns.mode = DnsMode::Resolve;
+        let p = compile(&labels(&[("egressd.enable", "true")]), &cfg, &profiles()).unwrap();
+        assert_eq!(p.dns, DnsMode::Resolve);
+        let p = compile(
+            &labels(&[("egressd.enable", "true"), ("egressd.dns", "proxy")]),
+            &cfg,
+            &profiles(),
+        )
+        .unwrap();
+        assert_eq!(p.dns, DnsMode::Proxy);
+        cfg.dns.mode = DnsMode::Proxy;
+        let p = compile(
+            &labels(&[("egressd.enable", "true"), ("egressd.dns", "resolve")]),
+            &cfg,
+            &profiles(),
+        )
+        .unwrap();
+        assert_eq!(p.dns, DnsMode::Resolve);
+        let errs = errors_of(&[("egressd.enable", "true"), ("egressd.dns", "tunnel")]);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("label egressd.dns, column 1: \"tunnel\": must be \"proxy\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn bad_mode_quarantines() {
         assert_eq!(
             errors_of(&[("egressd.enable", "true"), ("egressd.mode", " audit")]),
@@ -413,7 +458,7 @@ mod tests {
         assert_eq!(
             errors_of(&[("egressd.enable", "true"), ("egressd.allows", "a.com")]),
             vec![
-                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode"
+                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode, egressd.dns"
             ]
         );
         let errs = errors_of(&[("egressd.enable", "true"), ("egressd.foo", "")]);

@@ -5,6 +5,7 @@
 //! - [`firewall`]: the `inet egressd` table: a pure [`firewall::Ruleset`] value, and the
 //!   netlink engine that programs it inside a network namespace.
 //! - [`resolver`]: resolve mode's shared DNS cache (TTL arithmetic) and upstream queries.
+//! - [`dnsproxy`]: proxy mode: answers each container's DNS, inserts before it releases.
 //! - [`docker`]: the Docker API (bollard): containers, events.
 //! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
@@ -14,6 +15,7 @@
 pub mod commands;
 pub mod control;
 pub mod daemon;
+pub mod dnsproxy;
 pub mod docker;
 pub mod firewall;
 pub mod oci;

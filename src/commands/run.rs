@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::policy::Config;
-use crate::policy::config::DnsMode;
 use crate::policy::config::{DEFAULT_PATH, LogFormat};
 
 #[derive(clap::Args, Debug)]
@@ -53,10 +52,6 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    if config.dns.mode == DnsMode::Proxy {
-        tracing::error!("dns.mode = \"proxy\" is not available yet; use \"resolve\"");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

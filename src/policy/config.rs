@@ -50,9 +50,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DnsMode {
     /// egressd resolves each allowed domain itself and refreshes by TTL.
-    #[default]
     Resolve,
-    /// egressd answers the container's DNS queries (DNS-aware enforcement).
+    /// egressd answers the container's DNS queries (DNS-aware enforcement): the default.
+    #[default]
     Proxy,
 }
 
@@ -177,7 +177,7 @@ impl Default for Config {
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
-            mode: DnsMode::Resolve,
+            mode: DnsMode::Proxy,
             upstreams: Vec::new(),
             min_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),

@@ -184,7 +184,7 @@ mod tests {
         };
         assert_eq!(
             p.to_string(),
-            "mode: report (what would be denied is logged; nothing is denied)\ndns: resolve (egressd resolves the allowed names; wildcards match nothing)\nprofiles: none\nrules: none (only DNS to egressd is allowed)\n"
+            "mode: report (what would be denied is logged; nothing is denied)\ndns: proxy (egressd answers the container's DNS; only allowed names resolve)\nprofiles: none\nrules: none (only DNS to egressd is allowed)\n"
         );
     }
 

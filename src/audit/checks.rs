@@ -269,35 +269,43 @@ pub fn egress(c: &ContainerFacts, egress: &Egress, ctx: &Context) -> Vec<Finding
     let enable = format!("{}.{}", ctx.label_prefix, labels::ENABLE);
     let mut out = Vec::new();
 
-    // Confined only on paper: the daemon gave up on it, or it can flush its own table.
-    let bypass = unenforceable_reason(&c.info);
-    match (&egress.daemon, &egress.table, &bypass) {
-        (
-            Daemon::Tracked {
-                state: State::Unenforceable,
-                reasons,
-            },
-            _,
-            _,
-        ) => {
+    // Confined only on paper: the daemon gave up on it, or its settings let it flush its table.
+    const FIX: &str = "remove --privileged and --cap-add NET_ADMIN/SYS_ADMIN/ALL; with on_unenforceable = \"stop\" egressd stops such containers";
+    if let Daemon::Tracked {
+        state: State::Unenforceable,
+        reasons,
+    } = &egress.daemon
+    {
+        out.push(Finding::new(
+            Check::EgressUnenforceable,
+            Severity::High,
+            format!(
+                "egressd reports it unenforceable{}: its egress is not filtered",
+                reasons_suffix(reasons)
+            ),
+            FIX,
+        ));
+        return out;
+    }
+    if let Some(reason) = unenforceable_reason(&c.info) {
+        let message = match &egress.table {
+            Table::Present => {
+                format!("it has an inet egressd table, but it {reason}")
+            }
+            _ if managed => {
+                format!("opted in, but egressd cannot confine it: it {reason}")
+            }
+            _ => String::new(),
+        };
+        if !message.is_empty() {
             out.push(Finding::new(
                 Check::EgressUnenforceable,
                 Severity::High,
-                format!(
-                    "egressd reports it unenforceable{}: its egress is not filtered",
-                    reasons_suffix(reasons)
-                ),
-                "remove --privileged, --network host and --cap-add NET_ADMIN/SYS_ADMIN/ALL; with on_unenforceable = \"stop\" egressd stops such containers",
+                message,
+                FIX,
             ));
             return out;
         }
-        (_, Table::Present, Some(reason)) => out.push(Finding::new(
-            Check::EgressUnenforceable,
-            Severity::High,
-            format!("it has an inet egressd table, but it {reason}"),
-            "remove --privileged and --cap-add NET_ADMIN/SYS_ADMIN/ALL",
-        )),
-        _ => {}
     }
 
     match &egress.table {
@@ -785,6 +793,26 @@ mod tests {
             vec![(Check::EgressUnenforceable, Severity::High)]
         );
         assert!(f[0].message.contains("NET_ADMIN"), "{f:?}");
+        // Without a table and without the daemon: the settings alone say why.
+        let f = egress(
+            &c,
+            &Egress {
+                table: Table::Absent,
+                daemon: Daemon::Unreachable,
+            },
+            &Context::default(),
+        );
+        assert_eq!(
+            checks_of(&f),
+            vec![(Check::EgressUnenforceable, Severity::High)]
+        );
+        assert!(f[0].message.contains("cannot confine"), "{f:?}");
+        // Not opted in and no table: simply unconfined (the capability finding is high).
+        c.info.labels.clear();
+        assert_eq!(
+            egress_of(&c, Table::Absent, Daemon::Untracked),
+            vec![(Check::EgressUnconfined, Severity::Medium)]
+        );
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub(super) fn check(mounts: &[Mount], docker_socket: &Path) -> Vec<Finding> {
                     Check::DockerSocket,
                     Severity::High,
                     format!(
-                        "mounts {what} ({} at {}, {access}): whoever reaches it controls Docker, i.e. is root on the host; read-only does not help, a socket is connected to, not written",
+                        "bind-mounts {what}: {} at {}, {access}; whoever reaches it controls Docker, i.e. is root on the host; read-only does not help, a socket is connected to, not written",
                         m.source, m.destination
                     ),
                     "remove the mount; if it must use Docker, give it a filtering API proxy that allows only the calls it needs",
@@ -215,7 +215,7 @@ pub(super) fn check(mounts: &[Mount], docker_socket: &Path) -> Vec<Finding> {
                     Check::SensitiveMount,
                     severity,
                     format!(
-                        "mounts {what} from the host ({} at {}, {access})",
+                        "bind-mounts {what}: {} at {}, {access}",
                         m.source, m.destination
                     ),
                     fix,
@@ -372,6 +372,6 @@ mod tests {
     fn message_names_both_paths() {
         let f = check(&[bind("/etc", false)], Path::new("/var/run/docker.sock"));
         assert_eq!(f[0].subject.as_deref(), Some("/etc"));
-        assert!(f[0].message.contains("/etc at /mnt, read-only"), "{f:?}");
+        assert!(f[0].message.contains(": /etc at /mnt, read-only"), "{f:?}");
     }
 }

@@ -245,11 +245,11 @@ pub(super) fn check(env: &[EnvVar]) -> Vec<Finding> {
         let by_name = name_pattern(&var.name).filter(|_| !inert(var.value()));
         let (severity, why) = match (by_name, by_value) {
             (None, None) => continue,
-            (Some(n), None) => (Severity::Medium, format!("name matches {n}")),
-            (None, Some(v)) => (Severity::High, format!("value shaped like {v}")),
+            (Some(n), None) => (Severity::Medium, format!("its name matches {n}")),
+            (None, Some(v)) => (Severity::High, format!("its value is shaped like {v}")),
             (Some(n), Some(v)) => (
                 Severity::High,
-                format!("name matches {n}; value shaped like {v}"),
+                format!("its name matches {n} and its value is shaped like {v}"),
             ),
         };
         out.push(
@@ -257,7 +257,7 @@ pub(super) fn check(env: &[EnvVar]) -> Vec<Finding> {
                 Check::SecretEnv,
                 severity,
                 format!(
-                    "environment variable {} looks like a secret ({why}): docker inspect shows it to anyone with Docker API access, and every process in the container inherits it",
+                    "environment variable {} looks like a secret: {why}. docker inspect shows it to anyone with Docker API access, and every process in the container inherits it",
                     var.name
                 ),
                 "pass it as a file (a Docker secret, or a read-only bind of a 0400 file named by a *_FILE variable), or keep it outside the container behind a proxy that adds it to requests",

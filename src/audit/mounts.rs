@@ -116,11 +116,11 @@ fn display(c: &[&str]) -> String {
 
 /// What a mount of `src` exposes of the container runtime's API, if anything.
 fn runtime_socket(src: &[&str], docker_socket: &[&str]) -> Option<String> {
-    if let Some(name) = src.last().filter(|n| RUNTIME_SOCKETS.contains(n)) {
-        return Some(format!("a container runtime socket ({name})"));
-    }
     if src == docker_socket {
         return Some("the Docker socket".into());
+    }
+    if let Some(name) = src.last().filter(|n| RUNTIME_SOCKETS.contains(n)) {
+        return Some(format!("a container runtime socket ({name})"));
     }
     if docker_socket.starts_with(src) {
         return Some(format!(
@@ -279,6 +279,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].check, Check::DockerSocket);
         assert_eq!(f[0].subject.as_deref(), Some("/srv/dock.api"));
+        assert!(
+            f[0].message.contains("the Docker socket: /srv/dock.api"),
+            "{f:?}"
+        );
         assert!(found("/srv/dock.api", false).is_empty());
     }
 

@@ -37,6 +37,7 @@ const DAEMON_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct AuditArgs {
     /// Containers to audit, by name or id (prefix), whether or not they opted in. Default:
     /// every running container that opted in (`PREFIX.enable`), or every one with --all.
+    #[arg(value_name = "CONTAINER")]
     pub containers: Vec<String>,
     /// Audit every running container, not only the opted-in ones.
     #[arg(long)]
@@ -360,6 +361,22 @@ mod tests {
         assert!(!summary.answering);
         assert!(summary.error.is_some());
         assert!(status.is_none());
+    }
+
+    #[test]
+    fn clap_parses_flags_and_names() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: AuditArgs,
+        }
+        let cli =
+            Cli::try_parse_from(["audit", "--json", "--all", "--config", "/c.toml", "a", "b"])
+                .unwrap();
+        assert!(cli.args.json && cli.args.all);
+        assert_eq!(cli.args.config, Some(PathBuf::from("/c.toml")));
+        assert_eq!(cli.args.containers, vec!["a", "b"]);
     }
 
     #[test]

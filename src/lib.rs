@@ -10,8 +10,10 @@
 //! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
+//! - [`audit`]: hardening checks of running containers (pure): inspect facts → findings.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
+pub mod audit;
 pub mod commands;
 pub mod control;
 pub mod daemon;

@@ -28,7 +28,7 @@ use crate::resolver::{self, Answer, Cache, ResolveError, Resolver};
 use crate::status::{AddrStatus, ContainerStatus, HostStatus, STATUS_VERSION, State, StatusReport};
 
 /// Capabilities that let a workload change or flush the rules in its own namespace.
-const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
+pub const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
 
 /// Why egressd cannot confine this container, if it cannot (pure).
 pub fn unenforceable_reason(info: &ContainerInfo) -> Option<String> {

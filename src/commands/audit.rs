@@ -333,6 +333,9 @@ mod tests {
                 denied_packets: 0,
                 errors: vec!["e1".into()],
                 last_error: Some("e2".into()),
+                dns_mode: "resolve".into(),
+                resolved: vec![],
+                dns: None,
             }],
         };
         assert_eq!(daemon_view(Some(&status), "zzz"), Daemon::Untracked);

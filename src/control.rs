@@ -29,6 +29,8 @@ pub enum Request {
     Status { container: Option<String> },
     /// Re-read config and profiles and re-apply them everywhere.
     Reload,
+    /// Whether `dest` (`HOST[:PORT][/PROTO]`) is allowed for `container` now, and why.
+    Explain { container: String, dest: String },
     /// From the OCI prestart hook: confine container `id` (process `pid`, bundle `bundle`)
     /// now, before its process starts. Accepted from root only.
     Enforce {
@@ -47,6 +49,8 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<crate::explain::Explanation>,
 }
 
 impl Response {

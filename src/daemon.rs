@@ -115,6 +115,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                         Ok(s) => Response { ok: true, status: Some(s), ..Default::default() },
                         Err(e) => Response::error(e),
                     },
+                    Request::Explain { container, dest } => match rec.explain(&container, &dest) {
+                        Ok(e) => Response { ok: true, explanation: Some(e), ..Default::default() },
+                        Err(e) => Response::error(e),
+                    },
                     Request::Reload => match rec.reload() {
                         Ok(m) => Response { ok: true, message: Some(m), ..Default::default() },
                         Err(e) => Response::error(format!("reload rejected, old config stays in force:\n{e}")),

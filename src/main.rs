@@ -26,6 +26,8 @@ enum Command {
     /// Check running containers against hardening practices for AI-agent containers
     /// (exit 1 on high-severity findings, 2 when the audit cannot run).
     Audit(egressd::commands::audit::AuditArgs),
+    /// Whether a destination is allowed for a container right now, and why.
+    Explain(egressd::commands::status::ExplainArgs),
     /// Re-read config and profiles and re-apply them (a bad config is rejected).
     Reload(egressd::commands::status::ReloadArgs),
     /// Register the runtime shim in dockerd's daemon.json (merged, with a backup).
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Status(args) => egressd::commands::status::status(&args),
         Command::Audit(args) => egressd::commands::audit::run(&args),
         Command::Reload(args) => egressd::commands::status::reload(&args),
+        Command::Explain(args) => egressd::commands::status::explain(&args),
         Command::InstallRuntime(args) => egressd::commands::install_runtime::run(&args),
         Command::Hook(args) => egressd::commands::hook::run(&args),
     }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::dnsproxy::{self, ContainerProxy, allow::Allowlist};
 use crate::docker::{ContainerInfo, DockerClient};
+use crate::explain::{self, Explanation};
 use crate::firewall::{AddrElem, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr, Ruleset};
 use crate::oci::{self, NetNs};
 use crate::policy::{
@@ -807,6 +808,63 @@ impl Reconciler {
         self.refresh_wanted();
         tracing::info!(containers = ids.len(), "config reloaded and re-applied");
         Ok(format!("reloaded; {} container(s) re-applied", ids.len()))
+    }
+
+    /// `egressd explain`: whether `dest` is allowed for `container` right now, and why.
+    pub fn explain(&mut self, container: &str, dest: &str) -> Result<Explanation, String> {
+        let dest = explain::parse_dest(dest)?;
+        let now = Instant::now();
+        let id = self
+            .find(container)
+            .map(|t| t.info.id.clone())
+            .ok_or_else(|| format!("no managed container {container:?}"))?;
+        // Resolve mode: what the shared cache holds for this container's domains.
+        let domains = self
+            .containers
+            .get(&id)
+            .filter(|t| t.proxy.is_none())
+            .and_then(|t| t.policy.as_ref())
+            .map(policy_domains)
+            .unwrap_or_default();
+        let mut cached_live = Vec::new();
+        let mut cached_expired = Vec::new();
+        let mut resolve_errors = Vec::new();
+        for d in &domains {
+            for a in self.cache.current(d, now) {
+                cached_live.push((d.clone(), a.addr, a.timeout));
+            }
+            for (a, ago) in self.cache.expired(d, now) {
+                cached_expired.push((d.clone(), a, ago));
+            }
+            if let Some(e) = self.cache.last_error(d) {
+                resolve_errors.push((d.clone(), e));
+            }
+        }
+        let t = self
+            .containers
+            .get(&id)
+            .ok_or_else(|| format!("no managed container {container:?}"))?;
+        let (live, expired) = match &t.proxy {
+            Some(p) => p.addresses(),
+            None => (cached_live, cached_expired),
+        };
+        let in_kernel = match (&dest.host, &t.fw) {
+            (explain::DestHost::Ip(ip), Some(fw)) => fw.holds(*ip, dest.proto, dest.port).ok(),
+            _ => None,
+        };
+        let facts = explain::Facts {
+            container: &t.info.name,
+            state: t.state,
+            policy: t.policy.as_ref(),
+            errors: &t.errors,
+            proxy_mode: t.proxy.is_some(),
+            live,
+            expired,
+            dns_servers: &t.dns,
+            in_kernel,
+            resolve_errors,
+        };
+        Ok(explain::explain(&facts, &dest))
     }
 
     /// The status of all (or one) managed containers.

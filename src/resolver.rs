@@ -111,7 +111,13 @@ struct Entry {
     last_answer: Option<Instant>,
     /// Queries handed out for this domain since it became wanted (the benchmark's measure).
     queries: u64,
+    /// Addresses that aged out lately, with when (for `explain`); bounded.
+    expired: BTreeMap<IpAddr, Instant>,
 }
+
+/// Expired addresses remembered per domain, and for how long.
+const MAX_EXPIRED: usize = 64;
+const KEEP_EXPIRED: Duration = Duration::from_secs(3600);
 
 impl Entry {
     fn new(now: Instant) -> Self {
@@ -122,6 +128,7 @@ impl Entry {
             last_error: None,
             last_answer: None,
             queries: 0,
+            expired: BTreeMap::new(),
         }
     }
 
@@ -133,7 +140,24 @@ impl Entry {
     }
 
     fn prune(&mut self, now: Instant) {
+        for (addr, expiry) in self.addrs.iter().filter(|(_, e)| **e <= now) {
+            self.expired.insert(*addr, *expiry);
+        }
         self.addrs.retain(|_, expiry| *expiry > now);
+        self.expired.retain(|a, at| {
+            now.saturating_duration_since(*at) < KEEP_EXPIRED && !self.addrs.contains_key(a)
+        });
+        while self.expired.len() > MAX_EXPIRED {
+            let oldest = self
+                .expired
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(a, _)| *a);
+            match oldest {
+                Some(a) => self.expired.remove(&a),
+                None => break,
+            };
+        }
     }
 
     fn live(&self, now: Instant) -> impl Iterator<Item = ResolvedAddr> + '_ {
@@ -271,6 +295,26 @@ impl Cache {
         entry.last_error = Some(error.to_string());
         entry.next_refresh = now + self.settings.retry_delay();
         entry.prune(now);
+    }
+
+    /// Addresses of `domain` that expired within the last hour and were not answered again,
+    /// with how long ago (for `explain`). Prunes first.
+    pub fn expired(&mut self, domain: &str, now: Instant) -> Vec<(IpAddr, Duration)> {
+        let Some(e) = self.entries.get_mut(&normalize_domain(domain)) else {
+            return Vec::new();
+        };
+        e.prune(now);
+        e.expired
+            .iter()
+            .map(|(a, at)| (*a, now.saturating_duration_since(*at)))
+            .collect()
+    }
+
+    /// Why the last query for `domain` failed, if it did.
+    pub fn last_error(&self, domain: &str) -> Option<String> {
+        self.entries
+            .get(&normalize_domain(domain))
+            .and_then(|e| e.last_error.clone())
     }
 
     /// The addresses of `domain` still allowed at `now`, with their remaining timeouts, sorted

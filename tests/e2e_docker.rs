@@ -758,6 +758,61 @@ fn docker_end_to_end() {
 
     proxy_scenarios(&mut fx);
 
+    scenario(
+        "explain: allowed name, expired address, unlisted address, quarantined container",
+        || {
+            let explain = |c: &str, dest: &str| -> (i32, egressd::explain::Explanation) {
+                let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+                    .args(["explain", c, dest, "--json", "--socket"])
+                    .arg(fx.socket())
+                    .output()
+                    .unwrap();
+                let e = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+                    panic!(
+                        "explain {c} {dest}: {err}: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                });
+                (out.status.code().unwrap_or(-1), e)
+            };
+            use egressd::explain::Verdict;
+            // Allowed name (resolve mode, profile openai), by name and by address.
+            let (code, e) = explain("egressd-e2e-agent", "api.openai.com");
+            assert_eq!((code, e.verdict), (0, Verdict::Allowed), "{e:?}");
+            assert!(e.reasons[0].contains("profile openai"), "{e:?}");
+            assert!(e.reasons.iter().any(|r| r.contains(&api)), "{e:?}");
+            let (code, e) = explain("egressd-e2e-agent", &api);
+            assert_eq!((code, e.verdict), (0, Verdict::Allowed), "{e:?}");
+            assert!(
+                e.reasons.iter().any(|r| r.contains("kernel's set holds")),
+                "{e:?}"
+            );
+            // Unlisted address, and another port of the allowed one.
+            let (code, e) = explain("egressd-e2e-agent", &other);
+            assert_eq!((code, e.verdict), (1, Verdict::Denied), "{e:?}");
+            assert!(e.reasons[0].contains("no rule allows"), "{e:?}");
+            assert!(e.reasons.iter().any(|r| r.contains("do not hold")), "{e:?}");
+            let (_, e) = explain("egressd-e2e-agent", &format!("{api}:8443"));
+            assert_eq!(e.verdict, Verdict::Denied, "{e:?}");
+            // Expired: the rotation container's addresses lived TTL 1 s + grace 3 s.
+            std::thread::sleep(Duration::from_secs(5));
+            let (code, e) = explain("egressd-e2e-px-rot", &format!("{}.20", fx.prefix));
+            assert_eq!((code, e.verdict), (1, Verdict::Denied), "{e:?}");
+            assert!(
+                e.reasons[0].contains("was an address of rot.test until"),
+                "{e:?}"
+            );
+            // Quarantined.
+            let (code, e) = explain("egressd-e2e-bad", "api.openai.com");
+            assert_eq!((code, e.verdict), (1, Verdict::Denied), "{e:?}");
+            assert!(
+                e.reasons[0].contains("quarantined") && e.reasons[0].contains("port 0"),
+                "{e:?}"
+            );
+        },
+    );
+
     runtime_scenarios(&mut fx);
 
     scenario(

@@ -19,6 +19,9 @@ use crate::policy::Proto;
 /// Names remembered per container; beyond this, expired names go first, then the least
 /// recently asked.
 pub const MAX_NAMES: usize = 4096;
+/// Expired addresses remembered (for `explain`), and for how long.
+pub const MAX_EXPIRED: usize = 1024;
+pub const KEEP_EXPIRED: Duration = Duration::from_secs(3600);
 
 type Key = (IpAddr, Proto, u16);
 
@@ -39,6 +42,8 @@ pub struct Learned {
     names: HashMap<String, NameEntry>,
     /// Elements as last written to the kernel, with their expiry.
     elems: HashMap<Key, Instant>,
+    /// Addresses that aged out lately: address → (name, when it expired).
+    expired: HashMap<IpAddr, (String, Instant)>,
 }
 
 /// The TTL arithmetic of the proxy.
@@ -148,8 +153,24 @@ impl Learned {
 
     /// Forgets expired addresses, names without any, and expired elements.
     pub fn prune(&mut self, now: Instant) {
-        for e in self.names.values_mut() {
+        for (name, e) in self.names.iter_mut() {
+            for (addr, exp) in e.addrs.iter().filter(|(_, exp)| **exp <= now) {
+                self.expired.insert(*addr, (name.clone(), *exp));
+            }
             e.addrs.retain(|_, exp| *exp > now);
+        }
+        self.expired
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < KEEP_EXPIRED);
+        while self.expired.len() > MAX_EXPIRED {
+            let oldest = self
+                .expired
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(a, _)| *a);
+            match oldest {
+                Some(a) => self.expired.remove(&a),
+                None => break,
+            };
         }
         self.names.retain(|_, e| !e.addrs.is_empty());
         self.elems.retain(|_, exp| *exp > now);
@@ -218,6 +239,20 @@ impl Learned {
             .iter()
             .filter(|(_, e)| e.addrs.get(&addr).is_some_and(|exp| *exp > now))
             .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// (name, address, how long ago) of addresses that expired within [`KEEP_EXPIRED`] and
+    /// have not been answered again since.
+    pub fn expired(&self, now: Instant) -> Vec<(String, IpAddr, Duration)> {
+        let live = |a: &IpAddr| self.names.values().any(|e| e.addrs.contains_key(a));
+        let mut out: Vec<_> = self
+            .expired
+            .iter()
+            .filter(|(a, _)| !live(a))
+            .map(|(a, (n, at))| (n.clone(), *a, now.saturating_duration_since(*at)))
             .collect();
         out.sort();
         out
@@ -316,9 +351,14 @@ mod tests {
         assert!(elems.iter().all(|e| e.addr == ip("203.0.113.1")));
         assert!(elems.iter().all(|e| e.timeout == Duration::from_secs(100)));
         assert_eq!(l.len(), 1, "x.b.test is no longer allowed");
-        // After expiry the rebuild has nothing.
-        assert!(l.rebuild(&new, now + Duration::from_secs(161)).is_empty());
+        // After expiry the rebuild has nothing, and the address is remembered as expired.
+        let after = now + Duration::from_secs(161);
+        assert!(l.rebuild(&new, after).is_empty());
         assert!(l.is_empty());
+        assert_eq!(
+            l.expired(after),
+            vec![("a.test".into(), ip("203.0.113.1"), Duration::from_secs(1))]
+        );
     }
 
     #[tokio::test(start_paused = true)]

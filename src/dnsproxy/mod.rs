@@ -412,6 +412,26 @@ impl ContainerProxy {
             .collect()
     }
 
+    /// (name, address, time left) of every live address, and (name, address, how long ago)
+    /// of those that expired lately: for `explain`.
+    pub fn addresses(
+        &self,
+    ) -> (
+        Vec<(String, IpAddr, Duration)>,
+        Vec<(String, IpAddr, Duration)>,
+    ) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.learned.prune(now);
+        let live = state
+            .learned
+            .names(now)
+            .into_iter()
+            .flat_map(|(n, _, addrs)| addrs.into_iter().map(move |(a, left)| (n.clone(), a, left)))
+            .collect();
+        (live, state.learned.expired(now))
+    }
+
     /// The names `addr` was last answered for (for denial events and `explain`).
     pub fn names_of(&self, addr: IpAddr) -> Vec<String> {
         lock(&self.state).learned.names_of(addr, Instant::now())

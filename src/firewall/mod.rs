@@ -211,6 +211,42 @@ impl NsFirewall {
         }
     }
 
+    /// Whether the table's sets let `addr`, `proto`, `port` through: a lookup of the one
+    /// element in the resolved set and the static set of its family, asked of the kernel.
+    pub fn holds(
+        &self,
+        addr: std::net::IpAddr,
+        proto: crate::policy::Proto,
+        port: u16,
+    ) -> Result<bool, FirewallError> {
+        let table = CString::new(TABLE_NAME).unwrap_or_default();
+        let key = ruleset::addr_key(addr, proto, port);
+        for set in [
+            SetName::for_addr(addr, false),
+            SetName::for_addr(addr, true),
+        ] {
+            let name = CString::new(set.as_str()).unwrap_or_default();
+            let elem = nl::Elem {
+                key: key.clone(),
+                key_end: set.is_interval().then(|| key.clone()),
+                timeout_ms: None,
+            };
+            let req = nl::get_set_elem_request(&table, program::FAMILY, &name, &elem, 6);
+            match self.sock.dump(&req) {
+                Ok(msgs) if !msgs.is_empty() => return Ok(true),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(FirewallError::Dump {
+                        netns: self.name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Number of elements in one set, as the kernel reports them.
     pub fn count_elems(&self, set: SetName) -> Result<usize, FirewallError> {
         let table = CString::new(TABLE_NAME).unwrap_or_default();

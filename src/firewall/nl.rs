@@ -738,6 +738,54 @@ pub fn dump_request(msg_type: i32, family: u16, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// Builds a GETSETELEM request for one element (`key`, and `key_end` for interval sets):
+/// the kernel answers with the element, or ENOENT.
+pub fn get_set_elem_request(
+    table: &CStr,
+    family: u16,
+    set: &CStr,
+    elem: &Elem,
+    seq: u32,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];
+    // SAFETY: the buffer is large enough; the temporary set (and its element) is freed before
+    // returning.
+    unsafe {
+        let s = alloc_or_abort(sys::nftnl_set_alloc()).as_ptr();
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set.as_ptr());
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, u32::from(family));
+        let e = alloc_or_abort(sys::nftnl_set_elem_alloc()).as_ptr();
+        sys::nftnl_set_elem_set(
+            e,
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            elem.key.as_ptr().cast::<c_void>(),
+            elem.key.len() as u32,
+        );
+        if let Some(end) = &elem.key_end {
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY_END as u16,
+                end.as_ptr().cast::<c_void>(),
+                end.len() as u32,
+            );
+        }
+        sys::nftnl_set_elem_add(s, e);
+        let h = sys::nftnl_nlmsg_build_hdr(
+            buf.as_mut_ptr().cast::<c_char>(),
+            libc::NFT_MSG_GETSETELEM as u16,
+            family,
+            libc::NLM_F_ACK as u16,
+            seq,
+        );
+        sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+        let len = (*h).nlmsg_len as usize;
+        sys::nftnl_set_free(s);
+        buf.truncate(len);
+    }
+    buf
+}
+
 /// Builds a GETSETELEM dump request for one set.
 pub fn dump_set_elems_request(table: &CStr, family: u16, set: &CStr, seq: u32) -> Vec<u8> {
     let mut buf = vec![0u8; nftnl::nft_nlmsg_maxsize() as usize];

@@ -140,6 +140,9 @@ pub struct StatsSnapshot {
     pub capped: u64,
 }
 
+/// (name, address, a duration: time left, or time since it expired).
+pub type NamedAddr = (String, IpAddr, Duration);
+
 /// One name a container resolved through the proxy, for `status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedName {
@@ -414,12 +417,7 @@ impl ContainerProxy {
 
     /// (name, address, time left) of every live address, and (name, address, how long ago)
     /// of those that expired lately: for `explain`.
-    pub fn addresses(
-        &self,
-    ) -> (
-        Vec<(String, IpAddr, Duration)>,
-        Vec<(String, IpAddr, Duration)>,
-    ) {
+    pub fn addresses(&self) -> (Vec<NamedAddr>, Vec<NamedAddr>) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.learned.prune(now);

@@ -9,6 +9,7 @@
 //! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
+//! - [`nflog`]: the packets the table logs (denied, over budget), read inside each netns.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
 pub mod commands;
@@ -16,6 +17,7 @@ pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod firewall;
+pub mod nflog;
 pub mod oci;
 pub mod policy;
 pub mod reconciler;

@@ -10,6 +10,7 @@
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
 //! - [`nflog`]: the packets the table logs (denied, over budget), read inside each netns.
+//! - [`metrics`]: Prometheus metrics (kernel counters as snapshots) and the `/metrics` server.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
 pub mod commands;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod docker;
 pub mod firewall;
+pub mod metrics;
 pub mod nflog;
 pub mod oci;
 pub mod policy;

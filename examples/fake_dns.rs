@@ -11,6 +11,7 @@
 //! ```text
 //! NAME A|AAAA|CNAME VALUE [TTL]       # TTL defaults to 30
 //! NAME ROTATE A 10.1.2.0/24 [TTL]     # each query gets the next address: 10.1.2.1, .2, ...
+//! NAME ROTATE A 10.1.2.20-23 [TTL]    # the same over .20, .21, .22, .23, .20, ...
 //! ZONE SOA MINIMUM [TTL]              # negative answers under ZONE carry this SOA
 //! ```
 //!
@@ -67,8 +68,8 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Cname(String),
-    /// The first three octets of a /24.
-    Rotate([u8; 3]),
+    /// The first three octets, and the first and last host number to hand out.
+    Rotate([u8; 3], u8, u8),
 }
 
 #[derive(Debug, Clone)]
@@ -161,13 +162,26 @@ fn parse_line(words: &[&str]) -> Result<Parsed, String> {
             if !family.eq_ignore_ascii_case("A") {
                 return Err("ROTATE supports only A".into());
             }
-            let net = prefix
-                .strip_suffix("/24")
-                .ok_or_else(|| format!("ROTATE wants a /24, not {prefix:?}"))?;
+            let (net, first, last) = match prefix.strip_suffix("/24") {
+                Some(net) => (net.to_string(), 1, 254),
+                None => {
+                    let (start, end) = prefix.split_once('-').ok_or_else(|| {
+                        format!("ROTATE wants a /24 or A.B.C.X-Y, not {prefix:?}")
+                    })?;
+                    let ip: Ipv4Addr =
+                        start.parse().map_err(|_| format!("bad range {prefix:?}"))?;
+                    let last: u8 = end.parse().map_err(|_| format!("bad range {prefix:?}"))?;
+                    let first = ip.octets()[3];
+                    if last < first {
+                        return Err(format!("bad range {prefix:?}"));
+                    }
+                    (start.to_string(), first, last)
+                }
+            };
             let ip: Ipv4Addr = net.parse().map_err(|_| format!("bad prefix {prefix:?}"))?;
             let [a, b, c, _] = ip.octets();
             let ttl = parse_ttl(rest.get(2), DEFAULT_TTL)?;
-            let data = Data::Rotate([a, b, c]);
+            let data = Data::Rotate([a, b, c], first, last);
             Ok(Parsed::Rec(name, Rec { data, ttl }))
         }
         ("SOA", [minimum, ..]) => {
@@ -285,9 +299,10 @@ fn answer(
             let data = match (&rec.data, qtype) {
                 (Data::A(ip), RecordType::A) => RData::A(A(*ip)),
                 (Data::Aaaa(ip), RecordType::AAAA) => RData::AAAA(AAAA(*ip)),
-                (Data::Rotate([a, b, c]), RecordType::A) => {
+                (Data::Rotate([a, b, c], first, last), RecordType::A) => {
                     let n = state.rotate.entry(current.clone()).or_insert(0);
-                    let host = (*n % 254) as u8 + 1;
+                    let span = u64::from(*last - *first) + 1;
+                    let host = (*n as u64 % span) as u8 + *first;
                     *n = n.wrapping_add(1);
                     RData::A(A(Ipv4Addr::new(*a, *b, *c, host)))
                 }

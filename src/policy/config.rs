@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -50,10 +51,20 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DnsMode {
     /// egressd resolves each allowed domain itself and refreshes by TTL.
-    #[default]
     Resolve,
-    /// egressd answers the container's DNS queries (DNS-aware enforcement).
+    /// egressd answers the container's DNS queries (DNS-aware enforcement): the default.
+    #[default]
     Proxy,
+}
+
+/// What the DNS proxy answers for a name the policy does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefuseWith {
+    /// RCODE 5: the resolver refuses (stub resolvers try no further server for the name).
+    #[default]
+    Refused,
+    /// RCODE 3: the name does not exist.
+    NxDomain,
 }
 
 /// The validated config.
@@ -111,7 +122,21 @@ pub struct DnsConfig {
     /// How long an address stays allowed after its TTL ran out (lets live connections and
     /// clients with slightly stale caches finish).
     pub grace: Duration,
+    /// Proxy mode: the answer to names the policy does not allow.
+    pub refuse_with: RefuseWith,
+    /// Proxy mode: internal addresses (loopback, RFC 1918, CGNAT, link-local, ULA) that
+    /// answers may point at anyway (the rebinding guard strips all others, unless a CIDR
+    /// rule of the container covers them).
+    pub rebind_allow: Vec<IpNetwork>,
+    /// Proxy mode: addresses kept per answer; the rest are dropped (and a warning shown).
+    pub max_addrs_per_name: usize,
+    /// How long one upstream may take to answer before the next is asked; when all fail the
+    /// proxy answers SERVFAIL.
+    pub upstream_timeout: Duration,
 }
+
+/// Bounds of `dns.max_addrs_per_name`.
+pub const MAX_ADDRS_PER_NAME: i64 = 1024;
 
 /// `[docker]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,11 +199,15 @@ impl Default for Config {
 impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
-            mode: DnsMode::Resolve,
+            mode: DnsMode::Proxy,
             upstreams: Vec::new(),
             min_ttl: Duration::from_secs(30),
             max_ttl: Duration::from_secs(3600),
             grace: Duration::from_secs(60),
+            refuse_with: RefuseWith::Refused,
+            rebind_allow: Vec::new(),
+            max_addrs_per_name: 32,
+            upstream_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -257,6 +286,10 @@ struct RawDns {
     min_ttl: Option<Spanned<i64>>,
     max_ttl: Option<Spanned<i64>>,
     grace: Option<Spanned<i64>>,
+    refuse_with: Option<Spanned<String>>,
+    rebind_allow: Option<Vec<Spanned<String>>>,
+    max_addrs_per_name: Option<Spanned<i64>>,
+    upstream_timeout: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +375,15 @@ pub fn parse_upstream(s: &str) -> Option<SocketAddr> {
     s.parse::<IpAddr>()
         .ok()
         .map(|ip| SocketAddr::new(ip, DNS_PORT))
+}
+
+/// Parses an address (as a host network) or a CIDR whose host bits are zero.
+pub fn parse_net(s: &str) -> Option<IpNetwork> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).ok();
+    }
+    let net: IpNetwork = s.parse().ok()?;
+    (net.network() == net.ip()).then_some(net)
 }
 
 /// Whether `s` can be a label prefix: `[a-z0-9]`, then `[a-z0-9.-]`, ending in `[a-z0-9]`,
@@ -506,6 +548,58 @@ impl Config {
                     cfg.dns.grace = g;
                 }
             }
+            if let Some(v) = &dns.refuse_with {
+                if let Some(r) = c.choice(
+                    "dns.refuse_with",
+                    v,
+                    &[
+                        ("refused", RefuseWith::Refused),
+                        ("nxdomain", RefuseWith::NxDomain),
+                    ],
+                ) {
+                    cfg.dns.refuse_with = r;
+                }
+            }
+            if let Some(list) = &dns.rebind_allow {
+                cfg.dns.rebind_allow = list
+                    .iter()
+                    .filter_map(|v| {
+                        let parsed = parse_net(v.get_ref());
+                        if parsed.is_none() {
+                            c.err(
+                                v.span(),
+                                v.get_ref(),
+                                "dns.rebind_allow entries must be an address or a CIDR with no host bits set (\"10.20.0.0/16\", \"fd00::/8\")",
+                            );
+                        }
+                        parsed
+                    })
+                    .collect();
+            }
+            if let Some(v) = &dns.max_addrs_per_name {
+                let n = *v.get_ref();
+                if (1..=MAX_ADDRS_PER_NAME).contains(&n) {
+                    cfg.dns.max_addrs_per_name = n.unsigned_abs() as usize;
+                } else {
+                    c.err(
+                        v.span(),
+                        &n.to_string(),
+                        format!("dns.max_addrs_per_name must be from 1 to {MAX_ADDRS_PER_NAME}"),
+                    );
+                }
+            }
+            if let Some(v) = &dns.upstream_timeout {
+                let n = *v.get_ref();
+                if (1..=30).contains(&n) {
+                    cfg.dns.upstream_timeout = Duration::from_secs(n.unsigned_abs());
+                } else {
+                    c.err(
+                        v.span(),
+                        &n.to_string(),
+                        "dns.upstream_timeout must be from 1 to 30 seconds",
+                    );
+                }
+            }
             let eff_min = min.unwrap_or(cfg.dns.min_ttl);
             let eff_max = max.unwrap_or(cfg.dns.max_ttl);
             // Only compare values that are valid (an invalid one was reported already).
@@ -666,6 +760,47 @@ mod tests {
         assert_eq!(
             parse("[dns]\n[docker]\n[control]\n").unwrap(),
             Config::default()
+        );
+    }
+
+    #[test]
+    fn dns_proxy_keys() {
+        let cfg = parse(
+            "[dns]\nrefuse_with = \"nxdomain\"\nrebind_allow = [\"10.20.0.0/16\", \"fd00::1\"]\nmax_addrs_per_name = 8\nupstream_timeout = 1\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.dns.refuse_with, RefuseWith::NxDomain);
+        assert_eq!(
+            cfg.dns.rebind_allow,
+            vec![
+                "10.20.0.0/16".parse::<IpNetwork>().unwrap(),
+                "fd00::1/128".parse::<IpNetwork>().unwrap()
+            ]
+        );
+        assert_eq!(cfg.dns.max_addrs_per_name, 8);
+        assert_eq!(cfg.dns.upstream_timeout, Duration::from_secs(1));
+        let errs = parse(
+            "[dns]\nrefuse_with = \"drop\"\nrebind_allow = [\"10.20.0.1/16\", \"x\"]\nmax_addrs_per_name = 0\nupstream_timeout = 31\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(errs[0].starts_with("/etc/egressd/config.toml:2:15: \"drop\": dns.refuse_with must be \"refused\" or \"nxdomain\""), "{}", errs[0]);
+        assert!(
+            errs[1]
+                .starts_with("/etc/egressd/config.toml:3:17: \"10.20.0.1/16\": dns.rebind_allow"),
+            "{}",
+            errs[1]
+        );
+        assert!(errs[2].contains(":3:33: \"x\""), "{}", errs[2]);
+        assert!(
+            errs[3].contains(":4:22: \"0\": dns.max_addrs_per_name must be from 1 to 1024"),
+            "{}",
+            errs[3]
+        );
+        assert!(
+            errs[4].contains(":5:20: \"31\": dns.upstream_timeout"),
+            "{}",
+            errs[4]
         );
     }
 

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use super::config::DnsMode;
 use super::{ContainerPolicy, Mode, PortRange, Proto, Rule, RuleSource};
 
 impl fmt::Display for Proto {
@@ -97,6 +98,16 @@ impl fmt::Display for ContainerPolicy {
                 "mode: report (what would be denied is logged; nothing is denied)"
             )?,
         }
+        match self.dns {
+            DnsMode::Proxy => writeln!(
+                f,
+                "dns: proxy (egressd answers the container's DNS; only allowed names resolve)"
+            )?,
+            DnsMode::Resolve => writeln!(
+                f,
+                "dns: resolve (egressd resolves the allowed names; wildcards match nothing)"
+            )?,
+        }
         if self.profiles.is_empty() {
             writeln!(f, "profiles: none")?;
         } else {
@@ -129,6 +140,7 @@ mod tests {
     fn policy_display() {
         let p = ContainerPolicy {
             mode: Mode::Enforce,
+            dns: DnsMode::Resolve,
             profiles: vec!["openai".into()],
             rules: vec![
                 Rule {
@@ -162,6 +174,7 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "mode: enforce\n\
+             dns: resolve (egressd resolves the allowed names; wildcards match nothing)\n\
              profiles: openai\n\
              rules:\n  \
              api.openai.com 443/tcp  (from profile openai)\n  \
@@ -178,7 +191,7 @@ mod tests {
         };
         assert_eq!(
             p.to_string(),
-            "mode: report (what would be denied is logged; nothing is denied)\nprofiles: none\nrules: none (only DNS to egressd is allowed)\n"
+            "mode: report (what would be denied is logged; nothing is denied)\ndns: proxy (egressd answers the container's DNS; only allowed names resolve)\nprofiles: none\nrules: none (only DNS to egressd is allowed)\n"
         );
     }
 

@@ -6,6 +6,7 @@
 //! | `egressd.profiles` | comma-separated profile names |
 //! | `egressd.allow` | comma-separated inline rules (see [`super::rule`]) |
 //! | `egressd.mode` | `enforce` or `report`; default from `default_mode` in the config |
+//! | `egressd.dns` | `proxy` or `resolve`; default from `dns.mode` in the config |
 //! | `egressd.limit` | budgets enforced by the kernel (see [`super::limit`]) |
 //!
 //! Any error (bad value, unknown profile, unknown `egressd.*` label, inline rules when the
@@ -14,7 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use super::config::Config;
+use super::config::{Config, DnsMode};
 use super::limit::{Limits, parse_limits};
 use super::profile::{Lookup, ProfileSet, is_valid_name};
 use super::rule::{merge_duplicates, parse_rule_list, split_tokens};
@@ -25,9 +26,10 @@ pub const ENABLE: &str = "enable";
 pub const PROFILES: &str = "profiles";
 pub const ALLOW: &str = "allow";
 pub const MODE: &str = "mode";
+pub const DNS: &str = "dns";
 pub const LIMIT: &str = "limit";
 /// All known suffixes, in the order they are documented.
-pub const KNOWN: [&str; 5] = [ENABLE, PROFILES, ALLOW, MODE, LIMIT];
+pub const KNOWN: [&str; 6] = [ENABLE, PROFILES, ALLOW, MODE, DNS, LIMIT];
 
 /// One problem with a label. `Display` gives the strings stored in
 /// [`ContainerPolicy::errors`], e.g.
@@ -78,6 +80,7 @@ pub fn compile(
     }
 
     let mut mode = config.default_mode;
+    let mut dns = config.dns.mode;
     let mut profile_names: Vec<String> = Vec::new();
     let mut rules = Vec::new();
     let mut inline = Vec::new();
@@ -98,6 +101,18 @@ pub fn compile(
                         key: full_key.clone(),
                         at: Some((column, token.to_string())),
                         message: "must be \"enforce\" or \"report\"".into(),
+                    }),
+                }
+            }
+            DNS => {
+                let (column, token) = single_token(value);
+                match token {
+                    "proxy" => dns = DnsMode::Proxy,
+                    "resolve" => dns = DnsMode::Resolve,
+                    _ => errors.push(LabelError {
+                        key: full_key.clone(),
+                        at: Some((column, token.to_string())),
+                        message: "must be \"proxy\" (egressd answers the container's DNS) or \"resolve\" (egressd resolves the allowed names itself)".into(),
                     }),
                 }
             }
@@ -184,6 +199,7 @@ pub fn compile(
     rules.extend(inline);
     Some(ContainerPolicy {
         mode,
+        dns,
         profiles: profile_names,
         rules: merge_duplicates(rules),
         errors: Vec::new(),
@@ -391,6 +407,35 @@ mod tests {
     }
 
     #[test]
+    fn dns_label_overrides_the_config_and_bad_values_quarantine() {
+        let mut cfg = Config::default();
+        cfg.dns.mode = DnsMode::Resolve;
+        let p = compile(&labels(&[("egressd.enable", "true")]), &cfg, &profiles()).unwrap();
+        assert_eq!(p.dns, DnsMode::Resolve);
+        let p = compile(
+            &labels(&[("egressd.enable", "true"), ("egressd.dns", "proxy")]),
+            &cfg,
+            &profiles(),
+        )
+        .unwrap();
+        assert_eq!(p.dns, DnsMode::Proxy);
+        cfg.dns.mode = DnsMode::Proxy;
+        let p = compile(
+            &labels(&[("egressd.enable", "true"), ("egressd.dns", "resolve")]),
+            &cfg,
+            &profiles(),
+        )
+        .unwrap();
+        assert_eq!(p.dns, DnsMode::Resolve);
+        let errs = errors_of(&[("egressd.enable", "true"), ("egressd.dns", "tunnel")]);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("label egressd.dns, column 1: \"tunnel\": must be \"proxy\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn bad_mode_quarantines() {
         assert_eq!(
             errors_of(&[("egressd.enable", "true"), ("egressd.mode", " audit")]),
@@ -426,7 +471,7 @@ mod tests {
         assert_eq!(
             errors_of(&[("egressd.enable", "true"), ("egressd.allows", "a.com")]),
             vec![
-                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode, egressd.limit"
+                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode, egressd.dns, egressd.limit"
             ]
         );
         let errs = errors_of(&[("egressd.enable", "true"), ("egressd.foo", "")]);

@@ -112,6 +112,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerPolicy {
     pub mode: Mode,
+    /// How allowed names become addresses: the DNS proxy, or egressd's own resolution.
+    pub dns: config::DnsMode,
     /// Profile names from the `profiles` label, in label order.
     pub profiles: Vec<String>,
     /// Allow rules; always empty when `errors` is not.

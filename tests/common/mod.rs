@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use egressd::firewall::Netns;
 
+pub mod fake_dns;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command and fails the test with its output when it fails.

@@ -129,6 +129,7 @@ fn ruleset(n: u32) -> Ruleset {
         nets: Vec::new(),
         addrs: (0..n).map(elem).collect(),
         dns_redirect: None,
+        limits: Default::default(),
     };
     rs.normalize();
     rs

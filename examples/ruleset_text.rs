@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         nets: Vec::new(),
         addrs: (0..n).map(filler).collect(),
         dns_redirect: None,
+        limits: Default::default(),
     };
     for sa in allowed {
         for proto in [Proto::Tcp, Proto::Udp] {

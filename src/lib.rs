@@ -12,6 +12,8 @@
 //! - [`explain`]: why a destination is allowed or denied for a container (pure).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
 //! - [`audit`]: hardening checks of running containers (pure): inspect facts → findings.
+//! - [`nflog`]: the packets the table logs (denied, over budget), read inside each netns.
+//! - [`metrics`]: Prometheus metrics (kernel counters as snapshots) and the `/metrics` server.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
 pub mod audit;
@@ -22,6 +24,8 @@ pub mod dnsproxy;
 pub mod docker;
 pub mod explain;
 pub mod firewall;
+pub mod metrics;
+pub mod nflog;
 pub mod oci;
 pub mod policy;
 pub mod reconciler;

@@ -21,6 +21,7 @@ fn ruleset() -> Ruleset {
         nets: Vec::new(),
         addrs: Vec::new(),
         dns_redirect: None,
+        limits: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`program`), send it with every ACK checked (`nl`), read it back (`verify`). It touches no
 //! other table in the namespace.
 
+pub mod elems;
 pub mod netns;
 pub mod nl;
 mod program;
@@ -14,6 +15,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+pub use elems::{CountedElem, ElementCounter};
 pub use netns::Netns;
 pub use ruleset::{
     AddrElem, ChainRule, DnsRedirect, LogSettings, NetElem, PROXY_SOCKET_MARK, ProxyPorts,
@@ -57,6 +59,10 @@ pub struct Counters {
     pub allowed_bytes: u64,
     pub denied_packets: u64,
     pub denied_bytes: u64,
+    /// Packets rejected (or, in report mode, only counted) because a budget ran out; zero
+    /// when the table has no budget.
+    pub limited_packets: u64,
+    pub limited_bytes: u64,
 }
 
 /// A handle on the `inet egressd` table of one network namespace: a netfilter socket opened
@@ -135,6 +141,7 @@ impl NsFirewall {
             match name.as_str() {
                 "allowed" => (c.allowed_packets, c.allowed_bytes) = (packets, bytes),
                 "denied" => (c.denied_packets, c.denied_bytes) = (packets, bytes),
+                "limited" => (c.limited_packets, c.limited_bytes) = (packets, bytes),
                 _ => {}
             }
         }
@@ -157,6 +164,7 @@ impl NsFirewall {
         for (chain, want_rules) in [
             (ruleset::CHAIN_NAME, ruleset.chain().len()),
             (ruleset::DNS_CHAIN_NAME, ruleset.dns_chain().len()),
+            (ruleset::BUDGET_CHAIN_NAME, ruleset.budget_chain().len()),
         ] {
             let got_rules = dump
                 .rules
@@ -172,10 +180,10 @@ impl NsFirewall {
         }
         let mut counters: Vec<&str> = dump.counters.iter().map(|(n, _, _)| n.as_str()).collect();
         counters.sort_unstable();
-        if counters != ["allowed", "denied"] {
-            diff.push(format!(
-                "counters {counters:?}, want [\"allowed\", \"denied\"]"
-            ));
+        let mut want_counters = ruleset.counter_names();
+        want_counters.sort_unstable();
+        if counters != want_counters {
+            diff.push(format!("counters {counters:?}, want {want_counters:?}"));
         }
         for set in SetName::ALL {
             let spec = program::set_spec(set);
@@ -245,6 +253,29 @@ impl NsFirewall {
             }
         }
         Ok(false)
+    }
+
+    /// Every element of the four sets with its own counter: the allowed packets and bytes per
+    /// destination since the element was added (or the table was last replaced). Re-adding
+    /// an element that exists (a refresh) keeps its counter. Reads each set's dump to the end.
+    pub fn element_counters(&self) -> Result<Vec<ElementCounter>, FirewallError> {
+        let table = CString::new(TABLE_NAME).unwrap_or_default();
+        let mut out = Vec::new();
+        for (seq, set) in (10..).zip(SetName::ALL) {
+            let name = CString::new(set.as_str()).unwrap_or_default();
+            let request = nl::dump_set_elems_request(&table, program::FAMILY, &name, seq);
+            let msgs = self
+                .sock
+                .dump(&request)
+                .map_err(|source| FirewallError::Dump {
+                    netns: self.name.clone(),
+                    source,
+                })?;
+            for msg in msgs {
+                out.extend(elems::parse_dump_message(set, &msg));
+            }
+        }
+        Ok(out)
     }
 
     /// Number of elements in one set, as the kernel reports them.

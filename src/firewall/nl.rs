@@ -924,3 +924,62 @@ pub fn count_set_elems(
     }
     Ok(n)
 }
+
+// ---- budgets and per-element counters ----
+
+/// `NFT_LIMIT_F_INV`: the limit matches when the rate is exceeded (`limit rate over`).
+const NFT_LIMIT_F_INV: u32 = 1;
+/// `NFT_LIMIT_PKT_BYTES`: the limit counts bytes, not packets.
+const NFT_LIMIT_PKT_BYTES: u32 = 1;
+
+impl Expr {
+    /// `sreg != data`.
+    pub fn cmp_neq(sreg: u32, data: &[u8]) -> Self {
+        Expr::new(c"cmp")
+            .with(sys::NFTNL_EXPR_CMP_SREG, Val::U32(sreg))
+            .with(sys::NFTNL_EXPR_CMP_OP, Val::U32(libc::NFT_CMP_NEQ as u32))
+            .with(sys::NFTNL_EXPR_CMP_DATA, Val::Data(data.to_vec()))
+    }
+
+    /// `limit rate over RATE/UNIT burst BURST packets`: matches packets beyond the rate.
+    pub fn limit_over_packets(rate: u64, unit_secs: u64, burst: u32) -> Self {
+        Expr::new(c"limit")
+            .with(sys::NFTNL_EXPR_LIMIT_RATE, Val::U64(rate))
+            .with(sys::NFTNL_EXPR_LIMIT_UNIT, Val::U64(unit_secs))
+            .with(sys::NFTNL_EXPR_LIMIT_BURST, Val::U32(burst))
+            .with(sys::NFTNL_EXPR_LIMIT_TYPE, Val::U32(0)) // NFT_LIMIT_PKTS
+            .with(sys::NFTNL_EXPR_LIMIT_FLAGS, Val::U32(NFT_LIMIT_F_INV))
+    }
+
+    /// `limit rate over RATE bytes/second burst BURST bytes`: matches packets beyond the byte
+    /// rate. The kernel's bucket holds `rate + burst` bytes.
+    pub fn limit_over_bytes(rate: u64, burst: u32) -> Self {
+        Expr::new(c"limit")
+            .with(sys::NFTNL_EXPR_LIMIT_RATE, Val::U64(rate))
+            .with(sys::NFTNL_EXPR_LIMIT_UNIT, Val::U64(1))
+            .with(sys::NFTNL_EXPR_LIMIT_BURST, Val::U32(burst))
+            .with(sys::NFTNL_EXPR_LIMIT_TYPE, Val::U32(NFT_LIMIT_PKT_BYTES))
+            .with(sys::NFTNL_EXPR_LIMIT_FLAGS, Val::U32(NFT_LIMIT_F_INV))
+    }
+
+    /// `jump CHAIN`.
+    pub fn jump(chain: &CStr) -> Self {
+        Expr::new(c"immediate")
+            .with(sys::NFTNL_EXPR_IMM_DREG, Val::U32(REG_VERDICT))
+            .with(sys::NFTNL_EXPR_IMM_VERDICT, Val::U32(libc::NFT_JUMP as u32))
+            .with(sys::NFTNL_EXPR_IMM_CHAIN, Val::Str(chain.to_owned()))
+    }
+}
+
+impl Set {
+    /// Gives every element of the set its own counter (`counter` in the set declaration;
+    /// kernel 5.11+). Elements added later get a fresh counter; re-adding an element that
+    /// exists keeps its counter.
+    pub fn count_elements(&mut self) {
+        // SAFETY: the expression is handed over to the set, which frees it with itself.
+        unsafe {
+            let e = alloc_or_abort(sys::nftnl_expr_alloc(c"counter".as_ptr()));
+            sys::nftnl_set_add_expr(self.ptr.as_ptr(), e.as_ptr());
+        }
+    }
+}

@@ -9,8 +9,8 @@ use nftnl::{
 
 use super::nl::{self, Elem, Expr, REG_1, REG_2, REG32_00, SetSpec};
 use super::ruleset::{
-    self, APPROVED_MARK, AddrElem, ChainRule, DnsRule, PROXY_SOCKET_MARK, Ruleset, SetName,
-    TABLE_NAME, addr_key, net_key_range,
+    self, APPROVED_MARK, AddrElem, BudgetRule, ChainRule, DnsRule, PROXY_SOCKET_MARK, Ruleset,
+    SetName, TABLE_NAME, addr_key, net_key_range,
 };
 use crate::policy::Proto;
 
@@ -125,13 +125,15 @@ pub fn replace_table(rs: &Ruleset) -> (FinalizedBatch, Vec<String>) {
     b.add(&table, MsgType::Del, "delete old table".into());
     b.add(&table, MsgType::Add, "add table".into());
 
-    for name in ["allowed", "denied"] {
+    for name in rs.counter_names() {
         let c = nl::Counter::new(&cstr(TABLE_NAME), FAMILY, &cstr(name));
         b.add(&c, MsgType::Add, format!("add counter {name}"));
     }
 
     for set in SetName::ALL {
         let mut s = new_set(set);
+        // Per-element counters: allowed packets and bytes per destination (element_counters).
+        s.count_elements();
         b.add(&s, MsgType::Add, format!("add set {}", set.as_str()));
         let mut any = false;
         if set.is_interval() {
@@ -175,6 +177,24 @@ pub fn replace_table(rs: &Ruleset) -> (FinalizedBatch, Vec<String>) {
                 &rule,
                 MsgType::Add,
                 format!("add dns rule {} ({dr})", i + 1),
+            );
+        }
+    }
+
+    // The budget chain before the output chain: its rules jump to it by name.
+    let budget_rules = rs.budget_chain();
+    if !budget_rules.is_empty() {
+        let budget = Chain::new(cstr(ruleset::BUDGET_CHAIN_NAME), &table);
+        b.add(&budget, MsgType::Add, "add chain budget".into());
+        for (i, br) in budget_rules.into_iter().enumerate() {
+            let mut rule = Rule::new(&budget);
+            for e in budget_rule_exprs(rs, br) {
+                rule.add_expr(&e);
+            }
+            b.add(
+                &rule,
+                MsgType::Add,
+                format!("add budget rule {} ({br})", i + 1),
             );
         }
     }
@@ -325,6 +345,17 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
                 accept,
             ]
         }
+        // ct mark & MARK == MARK meta nfproto F ip[6] daddr . meta l4proto . th dport @SET accept
+        ChainRule::AcceptApprovedIn(set) => {
+            let mut e = vec![
+                Expr::ct_load(libc::NFT_CT_MARK as u32, REG_1),
+                Expr::bitwise(REG_1, APPROVED_MARK, 0),
+                Expr::cmp_eq(REG_1, &APPROVED_MARK.to_ne_bytes()),
+            ];
+            e.extend(set_key_lookup(set));
+            e.push(accept);
+            e
+        }
         // ct mark & MARK == MARK accept
         ChainRule::AcceptApproved => vec![
             Expr::ct_load(libc::NFT_CT_MARK as u32, REG_1),
@@ -416,5 +447,80 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
         ],
         // counter name "denied" accept   (report mode)
         ChainRule::CountAndAccept => vec![Expr::counter_ref(&cstr("denied")), accept],
+        // oifname != "lo" limit rate over RATE bytes/second burst BURST bytes jump budget
+        ChainRule::BudgetBytes { rate, burst } => vec![
+            Expr::meta(libc::NFT_META_OIFNAME as u32, REG_1),
+            Expr::cmp_neq(REG_1, &ifname("lo")),
+            Expr::limit_over_bytes(rate, burst),
+            Expr::jump(&cstr(ruleset::BUDGET_CHAIN_NAME)),
+        ],
+        // ct state new th dport != 53 limit rate over N/PERIOD burst N packets jump budget
+        ChainRule::BudgetConn { count, per } => {
+            const CT_STATE_NEW: u32 = 1 << 3; // NF_CT_STATE_BIT(IP_CT_NEW)
+            vec![
+                Expr::ct_load(libc::NFT_CT_STATE as u32, REG_1),
+                Expr::bitwise(REG_1, CT_STATE_NEW, 0),
+                Expr::cmp_neq(REG_1, &0u32.to_ne_bytes()),
+                Expr::payload(TRANSPORT, 2, 2, REG_1),
+                Expr::cmp_neq(REG_1, &ruleset::DNS_PORT.to_be_bytes()),
+                Expr::limit_over_packets(u64::from(count), per.seconds(), count),
+                Expr::jump(&cstr(ruleset::BUDGET_CHAIN_NAME)),
+            ]
+        }
+    }
+}
+
+/// `meta nfproto F; ip[6] daddr . meta l4proto . th dport @SET`: the family check first, so
+/// the address is loaded from the right offset (the same key as `AllowSet`).
+fn set_key_lookup(set: SetName) -> Vec<Expr> {
+    let (nfproto, daddr_off, daddr_len, proto_reg) = if set.is_v6() {
+        (libc::NFPROTO_IPV6, 24, 16, REG32_00 + 4)
+    } else {
+        (libc::NFPROTO_IPV4, 16, 4, REG32_00 + 1)
+    };
+    vec![
+        Expr::meta(libc::NFT_META_NFPROTO as u32, REG_1),
+        Expr::cmp_eq(REG_1, &[nfproto as u8]),
+        Expr::payload(NETWORK, daddr_off, daddr_len, REG32_00),
+        Expr::meta(libc::NFT_META_L4PROTO as u32, proto_reg),
+        Expr::payload(TRANSPORT, 2, 2, proto_reg + 1),
+        Expr::lookup(&cstr(set.as_str()), set_id(set), REG32_00),
+    ]
+}
+
+/// An interface name as `meta oifname` loads it: NUL-padded to IFNAMSIZ.
+fn ifname(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+/// The expressions of one rule of the budget chain (the comment above each arm is the
+/// `nft` syntax).
+fn budget_rule_exprs(rs: &Ruleset, rule: BudgetRule) -> Vec<Expr> {
+    match rule {
+        // limit rate R/second burst B packets log prefix "egressd-limit " group G
+        BudgetRule::Log => vec![
+            Expr::limit_per_second(u64::from(rs.log.rate_per_second), rs.log.burst),
+            Expr::log_group(rs.log.group, &cstr(rs.limit_log_prefix())),
+        ],
+        // meta l4proto tcp counter name "limited" reject with tcp reset
+        BudgetRule::RejectTcp => vec![
+            Expr::meta(libc::NFT_META_L4PROTO as u32, REG_1),
+            Expr::cmp_eq(REG_1, &[Proto::Tcp.number()]),
+            Expr::counter_ref(&cstr("limited")),
+            Expr::reject_tcp_reset(),
+        ],
+        // counter name "limited" reject with icmpx admin-prohibited
+        BudgetRule::RejectOther => vec![
+            Expr::counter_ref(&cstr("limited")),
+            Expr::reject_icmpx_admin(),
+        ],
+        // counter name "limited" return   (report mode)
+        BudgetRule::CountAndReturn => vec![
+            Expr::counter_ref(&cstr("limited")),
+            Expr::verdict(libc::NFT_RETURN),
+        ],
     }
 }

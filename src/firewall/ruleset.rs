@@ -5,14 +5,18 @@
 //! Layout (see docs/rules.md):
 //! ```text
 //! table inet egressd {
-//!     counter allowed, counter denied
+//!     counter allowed, counter denied (counter limited: only with budgets)
 //!     set dom4/dom6: daddr . l4proto . dport, flags timeout   (resolved domains, TTL + grace)
 //!     set net4/net6: daddr . l4proto . dport, flags interval  (static addresses and CIDRs)
+//!         every set element has its own packet and byte counter (allowed traffic per host)
+//!     chain budget (only with budgets): rate-limited NFLOG, count, reject
 //!     chain output (hook output, priority filter, policy drop):
+//!         byte budget (not loopback)      over budget: jump budget
 //!         loopback                        accept
 //!         approved flow (ct mark bit)     accept      -- live flows survive element expiry
 //!         reply direction                 accept      -- answers to inbound connections
 //!         ICMPv6 neighbour discovery      accept      -- IPv6 needs it to work at all
+//!         connection budget (new flows)   over budget: jump budget
 //!         lookup in dom4/net4/dom6/net6   mark flow, count, accept
 //!         rate-limited NFLOG
 //!         count, reject (tcp reset / icmpx admin-prohibited), or accept in report mode
@@ -26,6 +30,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use crate::policy::limit::{Limits, Period};
 use crate::policy::{ContainerPolicy, Host, Mode, PortRange, Proto};
 
 /// The one table egressd owns in each container netns.
@@ -50,6 +55,15 @@ pub const MAX_DOMAIN_PORTS: usize = 1024;
 pub const LOG_PREFIX_DENY: &str = "egressd-deny ";
 /// Prefix of NFLOG messages for packets report mode would have denied.
 pub const LOG_PREFIX_REPORT: &str = "egressd-report ";
+/// Prefix of NFLOG messages for packets rejected because a budget (`limit` label) ran out.
+pub const LOG_PREFIX_LIMIT: &str = "egressd-limit ";
+/// Prefix of NFLOG messages for packets over a budget in report mode (not rejected).
+pub const LOG_PREFIX_LIMIT_REPORT: &str = "egressd-limit-report ";
+/// The regular chain that over-budget packets jump to (only when the table has budgets).
+pub const BUDGET_CHAIN_NAME: &str = "budget";
+/// DNS (port 53) does not count against the connection budget: every query is a new flow,
+/// and Docker's embedded resolver forwards from inside the namespace.
+pub const DNS_PORT: u16 = 53;
 
 /// ICMPv6 link-local control types accepted in every table: router solicitation, neighbour
 /// solicitation and advertisement (without them IPv6 stops working on the link), and MLDv2
@@ -188,6 +202,8 @@ pub struct Ruleset {
     pub addrs: Vec<AddrElem>,
     /// Proxy mode: where the DNS NAT chain sends the container's queries.
     pub dns_redirect: Option<DnsRedirect>,
+    /// Budgets (`limit` label), enforced in the kernel by the `budget` chain.
+    pub limits: Limits,
 }
 
 /// One rule of the output chain. Both the `nft` text and the netlink expressions are
@@ -198,6 +214,9 @@ pub enum ChainRule {
     AcceptLoopback,
     /// `ct mark & MARK == MARK accept`
     AcceptApproved,
+    /// `ct mark & MARK == MARK <daddr> . meta l4proto . th dport @SET accept`: an approved flow
+    /// whose destination is still in SET; the lookup counts the packet in that element.
+    AcceptApprovedIn(SetName),
     /// `meta nfproto ipv4|ipv6 ip[6] daddr LOOPBACK ct status & dnat == dnat accept`: queries the
     /// DNS chain redirected to the proxy. Needed besides `oifname "lo"` because the output
     /// device a rule sees is the one routing chose before the redirect (eth0).
@@ -216,6 +235,23 @@ pub enum ChainRule {
     RejectOther,
     /// Report mode: `counter name "denied" accept`
     CountAndAccept,
+    /// `oifname != "lo" limit rate over RATE bytes/second burst BURST bytes jump budget`
+    BudgetBytes { rate: u64, burst: u32 },
+    /// `ct state new th dport != 53 limit rate over COUNT/PERIOD burst COUNT packets jump budget`
+    BudgetConn { count: u32, per: Period },
+}
+
+/// One rule of the `budget` chain, which over-budget packets jump to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetRule {
+    /// `limit rate R/second burst B packets log prefix "egressd-limit " group G`
+    Log,
+    /// `meta l4proto tcp counter name "limited" reject with tcp reset`
+    RejectTcp,
+    /// `counter name "limited" reject with icmpx admin-prohibited`
+    RejectOther,
+    /// Report mode: `counter name "limited" return` (the output chain goes on as usual).
+    CountAndReturn,
 }
 
 impl Ruleset {
@@ -228,6 +264,7 @@ impl Ruleset {
             nets: Vec::new(),
             addrs: Vec::new(),
             dns_redirect: None,
+            limits: Limits::default(),
         }
     }
 
@@ -280,6 +317,7 @@ impl Ruleset {
             nets,
             addrs,
             dns_redirect: None,
+            limits: policy.limits,
         };
         rs.normalize();
         rs
@@ -300,9 +338,18 @@ impl Ruleset {
     /// The output chain, in order.
     pub fn chain(&self) -> Vec<ChainRule> {
         // Approved flows first: after its first packet, every packet of an allowed connection
-        // stops at the first rule (the hot path, measured in scripts/bench-datapath.sh).
+        // stops in the first rules (the hot path, measured in scripts/bench-datapath.sh).
         let mut rules = Vec::new();
+        let budgets = self.budgets();
+        // A byte budget must see approved flows too, so it goes before them.
+        if let Some(b) = budgets.bytes {
+            let (rate, burst) = b.per_second();
+            rules.push(ChainRule::BudgetBytes { rate, burst });
+        }
         if !self.quarantined {
+            // One lookup per set, so that the element of the destination counts every packet
+            // of the flow (allowed traffic per host); then the flows whose element is gone.
+            rules.extend(SetName::ALL.iter().map(|s| ChainRule::AcceptApprovedIn(*s)));
             rules.push(ChainRule::AcceptApproved);
         }
         rules.push(ChainRule::AcceptLoopback);
@@ -322,6 +369,13 @@ impl Ruleset {
                 .iter()
                 .map(|(t, _)| ChainRule::AcceptIcmpv6(*t)),
         );
+        // New flows are counted against the connection budget before the policy accepts them.
+        if let Some(c) = budgets.conn {
+            rules.push(ChainRule::BudgetConn {
+                count: c.count,
+                per: c.per,
+            });
+        }
         if !self.quarantined {
             rules.extend(SetName::ALL.iter().map(|s| ChainRule::AllowSet(*s)));
         }
@@ -361,10 +415,56 @@ impl Ruleset {
 
     /// Names of the chains the table has, as the kernel lists them.
     pub fn chain_names(&self) -> Vec<&'static str> {
-        if self.dns_chain().is_empty() {
+        let mut names = if self.dns_chain().is_empty() {
             vec![CHAIN_NAME]
         } else {
             vec![DNS_CHAIN_NAME, CHAIN_NAME]
+        };
+        if !self.budget_chain().is_empty() {
+            names.push(BUDGET_CHAIN_NAME);
+        }
+        names
+    }
+
+    /// The budgets in force: none in a quarantine (everything is rejected anyway).
+    pub fn budgets(&self) -> Limits {
+        if self.quarantined {
+            Limits::default()
+        } else {
+            self.limits
+        }
+    }
+
+    /// The `budget` chain; empty (and not in the table) when there is no budget.
+    pub fn budget_chain(&self) -> Vec<BudgetRule> {
+        if self.budgets().is_empty() {
+            Vec::new()
+        } else if self.mode == Mode::Report {
+            vec![BudgetRule::Log, BudgetRule::CountAndReturn]
+        } else {
+            vec![
+                BudgetRule::Log,
+                BudgetRule::RejectTcp,
+                BudgetRule::RejectOther,
+            ]
+        }
+    }
+
+    /// Names of the table's counter objects: `limited` only when there is a budget.
+    pub fn counter_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["allowed", "denied"];
+        if !self.budget_chain().is_empty() {
+            names.push("limited");
+        }
+        names
+    }
+
+    /// The NFLOG prefix of over-budget packets.
+    pub fn limit_log_prefix(&self) -> &'static str {
+        if self.mode == Mode::Report {
+            LOG_PREFIX_LIMIT_REPORT
+        } else {
+            LOG_PREFIX_LIMIT
         }
     }
 
@@ -534,6 +634,14 @@ impl fmt::Display for ChainRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ChainRule::AcceptLoopback => write!(f, "oifname \"lo\" accept"),
+            ChainRule::AcceptApprovedIn(set) => {
+                let daddr = if set.is_v6() { "ip6 daddr" } else { "ip daddr" };
+                write!(
+                    f,
+                    "ct mark & {APPROVED_MARK:#010x} == {APPROVED_MARK:#010x} {daddr} . meta l4proto . th dport @{} accept",
+                    set.as_str()
+                )
+            }
             ChainRule::AcceptApproved => write!(
                 f,
                 "ct mark & {APPROVED_MARK:#010x} == {APPROVED_MARK:#010x} accept"
@@ -575,6 +683,34 @@ impl fmt::Display for ChainRule {
                 "counter name \"denied\" reject with icmpx admin-prohibited"
             ),
             ChainRule::CountAndAccept => write!(f, "counter name \"denied\" accept"),
+            ChainRule::BudgetBytes { rate, burst } => write!(
+                f,
+                "oifname != \"lo\" limit rate over {rate} bytes/second burst {burst} bytes jump {BUDGET_CHAIN_NAME}"
+            ),
+            ChainRule::BudgetConn { count, per } => write!(
+                f,
+                "ct state new th dport != {DNS_PORT} limit rate over {count}/{} burst {count} packets jump {BUDGET_CHAIN_NAME}",
+                per.as_str()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for BudgetRule {
+    /// The rule in `nft` syntax (the log settings come from the ruleset; see `Ruleset`'s
+    /// `Display`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BudgetRule::Log => write!(f, "log"),
+            BudgetRule::RejectTcp => write!(
+                f,
+                "meta l4proto tcp counter name \"limited\" reject with tcp reset"
+            ),
+            BudgetRule::RejectOther => write!(
+                f,
+                "counter name \"limited\" reject with icmpx admin-prohibited"
+            ),
+            BudgetRule::CountAndReturn => write!(f, "counter name \"limited\" return"),
         }
     }
 }
@@ -603,8 +739,9 @@ impl fmt::Display for Ruleset {
     /// The table in `nft -f` syntax.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {TABLE_NAME} {{")?;
-        writeln!(f, "\tcounter allowed {{\n\t}}")?;
-        writeln!(f, "\tcounter denied {{\n\t}}")?;
+        for name in self.counter_names() {
+            writeln!(f, "\tcounter {name} {{\n\t}}")?;
+        }
         for set in SetName::ALL {
             let addr_type = if set.is_v6() {
                 "ipv6_addr"
@@ -615,6 +752,7 @@ impl fmt::Display for Ruleset {
             writeln!(f, "\t\ttype {addr_type} . inet_proto . inet_service")?;
             let elems: Vec<String> = if set.is_interval() {
                 writeln!(f, "\t\tflags interval")?;
+                writeln!(f, "\t\tcounter")?;
                 self.nets_in(set)
                     .iter()
                     .map(|e| {
@@ -628,6 +766,7 @@ impl fmt::Display for Ruleset {
                     .collect()
             } else {
                 writeln!(f, "\t\tflags timeout")?;
+                writeln!(f, "\t\tcounter")?;
                 self.addrs_in(set)
                     .map(|e| {
                         format!(
@@ -654,6 +793,24 @@ impl fmt::Display for Ruleset {
             )?;
             for rule in dns {
                 writeln!(f, "\t\t{rule}")?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        let budget = self.budget_chain();
+        if !budget.is_empty() {
+            writeln!(f, "\tchain {BUDGET_CHAIN_NAME} {{")?;
+            for rule in budget {
+                match rule {
+                    BudgetRule::Log => writeln!(
+                        f,
+                        "\t\tlimit rate {}/second burst {} packets log prefix \"{}\" group {}",
+                        self.log.rate_per_second,
+                        self.log.burst,
+                        self.limit_log_prefix(),
+                        self.log.group
+                    )?,
+                    other => writeln!(f, "\t\t{other}")?,
+                }
             }
             writeln!(f, "\t}}")?;
         }
@@ -750,6 +907,7 @@ mod tests {
             r,
             ChainRule::AllowSet(_)
                 | ChainRule::AcceptApproved
+                | ChainRule::AcceptApprovedIn(_)
                 | ChainRule::AcceptReplies
                 | ChainRule::CountAndAccept
         )));

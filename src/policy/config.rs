@@ -17,6 +17,7 @@ use toml::Spanned;
 
 use super::Mode;
 use super::error::{ConfigErrors, FileError};
+use super::limit::parse_size;
 use super::profile::ProfileSet;
 use super::rule::RuleOptions;
 
@@ -87,6 +88,25 @@ pub struct Config {
     pub docker: DockerConfig,
     pub control: ControlConfig,
     pub runtime: RuntimeConfig,
+    pub metrics: MetricsConfig,
+    pub anomaly: AnomalyConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; `None` (absent or `""`): no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[anomaly]`: thresholds that only warn (one log event per container and episode); budgets
+/// that reject are the `limit` label. `None`: no warning.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AnomalyConfig {
+    /// Warn when a container opens more new connections than this in one minute.
+    pub new_connections_per_minute: Option<u32>,
+    /// Warn when one flow sends more bytes than this.
+    pub bytes_per_flow: Option<u64>,
 }
 
 /// `[dns]`
@@ -170,6 +190,8 @@ impl Default for Config {
             docker: DockerConfig::default(),
             control: ControlConfig::default(),
             runtime: RuntimeConfig::default(),
+            metrics: MetricsConfig::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 }
@@ -224,6 +246,29 @@ struct RawConfig {
     docker: Option<RawDocker>,
     control: Option<RawControl>,
     runtime: Option<RawRuntime>,
+    metrics: Option<RawMetrics>,
+    anomaly: Option<RawAnomaly>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    new_connections_per_minute: Option<Spanned<i64>>,
+    bytes_per_flow: Option<Spanned<IntOrString>>,
+}
+
+/// A number, or a string with a unit (`"100MB"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrString {
+    Int(i64),
+    Str(String),
 }
 
 #[derive(Deserialize)]
@@ -638,6 +683,47 @@ impl Config {
             }
         }
 
+        if let Some(m) = &raw.metrics {
+            if let Some(v) = &m.listen {
+                let text = v.get_ref();
+                match text.parse::<SocketAddr>() {
+                    _ if text.is_empty() => cfg.metrics.listen = None,
+                    Ok(sa) if sa.port() != 0 => cfg.metrics.listen = Some(sa),
+                    _ => c.err(
+                        v.span(),
+                        text,
+                        "metrics.listen must be \"IP:PORT\" (\"[IPv6]:PORT\"), port 1-65535, or \"\" for no endpoint; host names are not accepted",
+                    ),
+                }
+            }
+        }
+        if let Some(a) = &raw.anomaly {
+            if let Some(v) = &a.new_connections_per_minute {
+                match u32::try_from(*v.get_ref()) {
+                    Ok(n) if n >= 1 => cfg.anomaly.new_connections_per_minute = Some(n),
+                    _ => c.err(
+                        v.span(),
+                        &v.get_ref().to_string(),
+                        "anomaly.new_connections_per_minute must be from 1 to 4294967295 (omit the key for no warning)",
+                    ),
+                }
+            }
+            if let Some(v) = &a.bytes_per_flow {
+                let (token, parsed) = match v.get_ref() {
+                    IntOrString::Int(n) => (n.to_string(), u64::try_from(*n).ok()),
+                    IntOrString::Str(t) => (t.clone(), parse_size(t).ok()),
+                };
+                match parsed {
+                    Some(n) if n >= 1 => cfg.anomaly.bytes_per_flow = Some(n),
+                    _ => c.err(
+                        v.span(),
+                        &token,
+                        "anomaly.bytes_per_flow must be a positive number of bytes, or a string with a unit: \"100MB\" (B, kB, KB, MB, GB, KiB, MiB, GiB)",
+                    ),
+                }
+            }
+        }
+
         if c.errors.is_empty() {
             Ok(cfg)
         } else {
@@ -922,6 +1008,81 @@ group = "wheel"
         for bad in ["", ".a", "a.", "a..b", "A", "a_b", "a b"] {
             assert!(!is_valid_label_prefix(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn metrics_listen() {
+        assert_eq!(parse("").unwrap().metrics.listen, None);
+        assert_eq!(
+            parse("[metrics]\nlisten = \"\"\n").unwrap().metrics.listen,
+            None
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n")
+                .unwrap()
+                .metrics
+                .listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"[::1]:9464\"\n")
+                .unwrap()
+                .metrics
+                .listen,
+            Some("[::1]:9464".parse().unwrap())
+        );
+        let errs = parse("[metrics]\nlisten = \"localhost:9464\"\n").unwrap_err();
+        assert_eq!(
+            errs,
+            vec![
+                "/etc/egressd/config.toml:2:10: \"localhost:9464\": metrics.listen must be \"IP:PORT\" (\"[IPv6]:PORT\"), port 1-65535, or \"\" for no endpoint; host names are not accepted"
+            ]
+        );
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            " 127.0.0.1:9464",
+        ] {
+            assert!(
+                parse(&format!("[metrics]\nlisten = \"{bad}\"\n")).is_err(),
+                "{bad:?}"
+            );
+        }
+        let errs = parse("[metrics]\nport = 9464\n").unwrap_err();
+        assert!(errs[0].contains("unknown field `port`"), "{errs:?}");
+    }
+
+    #[test]
+    fn anomaly_thresholds() {
+        let cfg =
+            parse("[anomaly]\nnew_connections_per_minute = 120\nbytes_per_flow = \"100MB\"\n")
+                .unwrap();
+        assert_eq!(cfg.anomaly.new_connections_per_minute, Some(120));
+        assert_eq!(cfg.anomaly.bytes_per_flow, Some(100_000_000));
+        let cfg = parse("[anomaly]\nbytes_per_flow = 5000\n").unwrap();
+        assert_eq!(cfg.anomaly.bytes_per_flow, Some(5000));
+        assert_eq!(cfg.anomaly.new_connections_per_minute, None);
+        assert_eq!(parse("").unwrap().anomaly, AnomalyConfig::default());
+        let errs =
+            parse("[anomaly]\nnew_connections_per_minute = 0\nbytes_per_flow = \"100 MB\"\n")
+                .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "/etc/egressd/config.toml:2:30: \"0\": anomaly.new_connections_per_minute must be"
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with(
+                "/etc/egressd/config.toml:3:18: \"100 MB\": anomaly.bytes_per_flow must be"
+            ),
+            "{errs:?}"
+        );
+        assert!(parse("[anomaly]\nbytes_per_flow = -1\n").is_err());
+        assert!(parse("[anomaly]\nbytes_per_flow = true\n").is_err());
+        assert!(parse("[anomaly]\nnew_connections_per_minute = 4294967296\n").is_err());
     }
 
     #[test]

@@ -121,6 +121,12 @@ impl fmt::Display for ContainerPolicy {
                 writeln!(f, "  {r}")?;
             }
         }
+        if !self.limits.is_empty() {
+            match self.mode {
+                Mode::Enforce => writeln!(f, "limits: {} (enforced by the kernel)", self.limits)?,
+                Mode::Report => writeln!(f, "limits: {} (report mode: logged only)", self.limits)?,
+            }
+        }
         Ok(())
     }
 }
@@ -163,6 +169,7 @@ mod tests {
                 },
             ],
             errors: vec![],
+            limits: Default::default(),
         };
         assert_eq!(
             p.to_string(),
@@ -185,6 +192,24 @@ mod tests {
         assert_eq!(
             p.to_string(),
             "mode: report (what would be denied is logged; nothing is denied)\ndns: proxy (egressd answers the container's DNS; only allowed names resolve)\nprofiles: none\nrules: none (only DNS to egressd is allowed)\n"
+        );
+    }
+
+    #[test]
+    fn limits_display() {
+        let mut p = ContainerPolicy {
+            limits: crate::policy::limit::parse_limits("bytes:2MiB/day,conn:5/second").unwrap(),
+            ..Default::default()
+        };
+        assert!(
+            p.to_string()
+                .ends_with("limits: conn:5/second,bytes:2MiB/day (enforced by the kernel)\n"),
+            "{p}"
+        );
+        p.mode = Mode::Report;
+        assert!(
+            p.to_string().ends_with("(report mode: logged only)\n"),
+            "{p}"
         );
     }
 

@@ -7,6 +7,7 @@
 //! | `egressd.allow` | comma-separated inline rules (see [`super::rule`]) |
 //! | `egressd.mode` | `enforce` or `report`; default from `default_mode` in the config |
 //! | `egressd.dns` | `proxy` or `resolve`; default from `dns.mode` in the config |
+//! | `egressd.limit` | budgets enforced by the kernel (see [`super::limit`]) |
 //!
 //! Any error (bad value, unknown profile, unknown `egressd.*` label, inline rules when the
 //! config forbids them) gives [`ContainerPolicy::quarantine`]: no rules, every error listed.
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::config::{Config, DnsMode};
+use super::limit::{Limits, parse_limits};
 use super::profile::{Lookup, ProfileSet, is_valid_name};
 use super::rule::{merge_duplicates, parse_rule_list, split_tokens};
 use super::{ContainerPolicy, Mode, RuleSource};
@@ -25,8 +27,9 @@ pub const PROFILES: &str = "profiles";
 pub const ALLOW: &str = "allow";
 pub const MODE: &str = "mode";
 pub const DNS: &str = "dns";
+pub const LIMIT: &str = "limit";
 /// All known suffixes, in the order they are documented.
-pub const KNOWN: [&str; 5] = [ENABLE, PROFILES, ALLOW, MODE, DNS];
+pub const KNOWN: [&str; 6] = [ENABLE, PROFILES, ALLOW, MODE, DNS, LIMIT];
 
 /// One problem with a label. `Display` gives the strings stored in
 /// [`ContainerPolicy::errors`], e.g.
@@ -81,6 +84,7 @@ pub fn compile(
     let mut profile_names: Vec<String> = Vec::new();
     let mut rules = Vec::new();
     let mut inline = Vec::new();
+    let mut limits = Limits::default();
 
     for (full_key, value) in labels {
         let Some(suffix) = full_key.strip_prefix(&prefix) else {
@@ -171,6 +175,14 @@ pub fn compile(
                     }
                 }
             }
+            LIMIT => match parse_limits(value) {
+                Ok(l) => limits = l,
+                Err(token_errors) => errors.extend(token_errors.into_iter().map(|e| LabelError {
+                    key: full_key.clone(),
+                    at: Some((e.column, e.token)),
+                    message: e.error.to_string(),
+                })),
+            },
             unknown => errors.push(LabelError {
                 key: full_key.clone(),
                 at: None,
@@ -191,6 +203,7 @@ pub fn compile(
         profiles: profile_names,
         rules: merge_duplicates(rules),
         errors: Vec::new(),
+        limits,
     })
 }
 
@@ -458,7 +471,7 @@ mod tests {
         assert_eq!(
             errors_of(&[("egressd.enable", "true"), ("egressd.allows", "a.com")]),
             vec![
-                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode, egressd.dns"
+                "label egressd.allows: unknown label (did you mean egressd.allow?); known labels are egressd.enable, egressd.profiles, egressd.allow, egressd.mode, egressd.dns, egressd.limit"
             ]
         );
         let errs = errors_of(&[("egressd.enable", "true"), ("egressd.foo", "")]);
@@ -566,6 +579,35 @@ mod tests {
         assert_eq!(set.errors().len(), 1);
         let p = compile(&l, &Config::default(), &set).unwrap();
         assert!(p.errors[0].contains("profiles are unavailable"), "{p:?}");
+    }
+
+    #[test]
+    fn limit_label_sets_budgets_and_bad_budgets_quarantine() {
+        let p = run(&[
+            ("egressd.enable", "true"),
+            ("egressd.profiles", "openai"),
+            ("egressd.limit", "conn:60/minute,bytes:50MB/hour"),
+        ])
+        .unwrap();
+        assert!(!p.is_quarantined(), "{p:?}");
+        assert_eq!(p.limits.to_string(), "conn:60/minute,bytes:50MB/hour");
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(
+            errors_of(&[
+                ("egressd.enable", "true"),
+                ("egressd.profiles", "openai"),
+                ("egressd.limit", "conn:60/minute, bytes:50MB/week"),
+            ]),
+            vec![
+                "label egressd.limit, column 17: \"bytes:50MB/week\": unknown period \"week\"; use second, minute, hour or day"
+            ]
+        );
+        // A misspelt key is caught as an unknown label, like any other.
+        let errs = errors_of(&[
+            ("egressd.enable", "true"),
+            ("egressd.limits", "conn:1/second"),
+        ]);
+        assert!(errs[0].contains("did you mean egressd.limit?"), "{errs:?}");
     }
 
     #[test]

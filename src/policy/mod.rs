@@ -9,6 +9,7 @@
 //! - [`rule`]: the `HOST[:PORTS][/PROTO]` grammar and the inline rule list.
 //! - [`profile`]: `NAME.toml` profile files → [`ProfileSet`].
 //! - [`config`]: `/etc/egressd/config.toml` → [`Config`].
+//! - [`limit`]: the budget grammar of the `limit` label (`conn:60/minute,bytes:50MB/hour`).
 //! - [`labels`]: container labels + config + profiles → [`ContainerPolicy`] ([`compile`]).
 //! - [`error`]: file errors that name `path:line:column` and the token.
 //! - `display`: human output (`Display` for the types below).
@@ -23,6 +24,7 @@ mod display;
 pub mod domain;
 pub mod error;
 pub mod labels;
+pub mod limit;
 pub mod profile;
 pub mod rule;
 
@@ -30,6 +32,7 @@ pub use config::Config;
 pub use display::Ports;
 pub use error::{ConfigErrors, FileError, FileErrors};
 pub use labels::compile;
+pub use limit::Limits;
 pub use profile::{Profile, ProfileSet};
 pub use rule::RuleOptions;
 
@@ -117,6 +120,8 @@ pub struct ContainerPolicy {
     pub rules: Vec<Rule>,
     /// Why this container is quarantined (deny all). Empty means the policy is valid.
     pub errors: Vec<String>,
+    /// Budgets from the `limit` label, enforced by the kernel; empty when none is given.
+    pub limits: Limits,
 }
 
 impl ContainerPolicy {

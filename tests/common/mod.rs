@@ -46,12 +46,18 @@ pub struct Pair {
 
 impl Pair {
     pub fn new() -> Pair {
+        Pair::with_prefix("egt")
+    }
+
+    /// A pair whose namespaces are named `{prefix}{id}c` and `{prefix}{id}s`, so that the
+    /// namespaces of one test suite can be told apart (and cleaned up) by name.
+    pub fn with_prefix(prefix: &str) -> Pair {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         // Distinct per process and per pair, so tests can run in parallel.
         let id = (std::process::id() % 100_000) * 16 + n;
         let t = 1 + (id % 250);
-        let client_name = format!("egt{id}c");
-        let server_name = format!("egt{id}s");
+        let client_name = format!("{prefix}{id}c");
+        let server_name = format!("{prefix}{id}s");
         let _ = Command::new("ip")
             .args(["netns", "del", &client_name])
             .output();

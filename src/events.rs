@@ -164,14 +164,20 @@ fn unix_ms(at: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The last events of one container (at most `cap`), and how many were suppressed by the
-/// caller's rate limit since the container was first seen.
+/// The last events of one container: at most `cap` ordinary ones (denials, refusals) and, apart
+/// from them so that a flood of those cannot push them out, at most [`RECENT_ANOMALIES`]
+/// anomalies (budgets, thresholds, tunnelling). Also how many events the caller's rate limit
+/// suppressed since the container was first seen.
 #[derive(Debug, Clone)]
 pub struct Recent {
     cap: usize,
     events: VecDeque<Event>,
+    anomalies: VecDeque<Event>,
     suppressed: u64,
 }
+
+/// Anomaly events kept per container and source.
+pub const RECENT_ANOMALIES: usize = 10;
 
 impl Default for Recent {
     fn default() -> Self {
@@ -184,16 +190,22 @@ impl Recent {
         Recent {
             cap: cap.max(1),
             events: VecDeque::new(),
+            anomalies: VecDeque::new(),
             suppressed: 0,
         }
     }
 
-    /// Keeps `e`, dropping the oldest event when full.
+    /// Keeps `e`, dropping the oldest event of its kind (ordinary or anomaly) when full.
     pub fn push(&mut self, e: Event) {
-        if self.events.len() == self.cap {
-            self.events.pop_front();
+        let (ring, cap) = if e.kind.is_anomaly() {
+            (&mut self.anomalies, RECENT_ANOMALIES.min(self.cap))
+        } else {
+            (&mut self.events, self.cap)
+        };
+        if ring.len() == cap {
+            ring.pop_front();
         }
-        self.events.push_back(e);
+        ring.push_back(e);
     }
 
     /// Counts events that were not logged (nor kept) because of the rate limit.
@@ -205,26 +217,34 @@ impl Recent {
         self.suppressed
     }
 
-    /// Oldest first.
-    pub fn events(&self) -> impl Iterator<Item = &Event> {
-        self.events.iter()
+    /// The last `n` ordinary events and every anomaly kept, oldest first.
+    pub fn last(&self, n: usize) -> Vec<Event> {
+        let mut out: Vec<Event> = self
+            .events
+            .iter()
+            .skip(self.events.len().saturating_sub(n))
+            .chain(self.anomalies.iter())
+            .cloned()
+            .collect();
+        out.sort_by_key(|e| e.at_ms);
+        out
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.events.len() + self.anomalies.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.len() == 0
     }
 }
 
-/// The last `n` events of several rings together, oldest first.
-pub fn merge_last(rings: &[&Recent], n: usize) -> Vec<Event> {
-    let mut all: Vec<Event> = rings.iter().flat_map(|r| r.events().cloned()).collect();
+/// [`Recent::last`] of several rings together, oldest first: a flood of one source (DNS
+/// refusals) does not hide the other (denied packets), and no flood hides an anomaly.
+pub fn merge_last(rings: &[&Recent], per_ring: usize) -> Vec<Event> {
+    let mut all: Vec<Event> = rings.iter().flat_map(|r| r.last(per_ring)).collect();
     all.sort_by_key(|e| e.at_ms);
-    let skip = all.len().saturating_sub(n);
-    all.split_off(skip)
+    all
 }
 
 #[cfg(test)]
@@ -286,6 +306,38 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_ordinary_events_does_not_push_out_an_anomaly() {
+        let mut r = Recent::new(5);
+        r.push(Event::dns(
+            EventKind::DnsTunnel,
+            "evil.test",
+            String::new(),
+            at(1),
+        ));
+        for i in 0..1000 {
+            r.push(Event::dns(
+                EventKind::DnsRefused,
+                "x.evil.test",
+                String::new(),
+                at(2 + i),
+            ));
+        }
+        let last = r.last(2);
+        assert_eq!(last.len(), 3);
+        assert_eq!(last[0].kind, EventKind::DnsTunnel);
+        // Anomalies have a ring of their own, bounded too.
+        for i in 0..100 {
+            r.push(Event::dns(
+                EventKind::DnsTunnel,
+                "t",
+                String::new(),
+                at(5000 + i),
+            ));
+        }
+        assert_eq!(r.len(), 5 + 5);
+    }
+
+    #[test]
     fn json_uses_kebab_case_kinds_and_omits_empty_fields() {
         let e = Event::dns(EventKind::DnsTunnel, "evil.test", "many".into(), at(3));
         let j = serde_json::to_string(&e).unwrap();
@@ -308,15 +360,18 @@ mod tests {
         }
         r.add_suppressed(7);
         r.add_suppressed(2);
-        let names: Vec<_> = r.events().map(|e| e.name.clone().unwrap()).collect();
-        assert_eq!(names, ["n2", "n3", "n4"]);
+        let names =
+            |v: Vec<Event>| -> Vec<String> { v.into_iter().map(|e| e.name.unwrap()).collect() };
+        assert_eq!(names(r.last(10)), ["n2", "n3", "n4"]);
+        assert_eq!(names(r.last(1)), ["n4"]);
         assert_eq!(r.suppressed(), 9);
         assert_eq!(r.len(), 3);
 
         let mut other = Recent::new(3);
-        other.push(Event::dns(EventKind::DnsTunnel, "t", String::new(), at(3)));
-        let merged = merge_last(&[&r, &other], 3);
-        let order: Vec<_> = merged.iter().map(|e| e.at_ms).collect();
-        assert_eq!(order, [3000, 3000, 4000]);
+        other.push(Event::dns(EventKind::DnsTunnel, "t", String::new(), at(0)));
+        other.push(Event::dns(EventKind::DnsTunnel, "u", String::new(), at(3)));
+        let merged = merge_last(&[&r, &other], 2);
+        let order: Vec<_> = merged.iter().map(|e| e.name.clone().unwrap()).collect();
+        assert_eq!(order, ["t", "n3", "u", "n4"]);
     }
 }

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::dnsproxy::{ResolvedName, StatsSnapshot as DnsStats};
 pub use crate::events::Event;
 
-/// Events shown by `egressd status CONTAINER` (the last ones, newest last).
-pub const STATUS_EVENTS: usize = 20;
+/// Events shown by `egressd status CONTAINER`: the last ones of each source (the table's log,
+/// the DNS proxy), newest last.
+pub const STATUS_EVENTS: usize = 10;
 
 /// Version of the JSON layout; bumped only on an incompatible change.
 pub const STATUS_VERSION: u32 = 1;
@@ -168,7 +169,7 @@ pub fn render(report: &StatusReport) -> String {
         };
         let _ = writeln!(
             out,
-            "  via: {}{}   allowed: {} flows   denied: {} pkts{}",
+            "  via: {}{}   allowed flows: {}   denied: {} pkts{}",
             c.enforced_by, latency, c.allowed_packets, c.denied_packets, limited
         );
         for e in &c.errors {
@@ -227,7 +228,7 @@ pub fn render(report: &StatusReport) -> String {
         if let Some(e) = &c.events_error {
             let _ = writeln!(out, "  events: unavailable: {e}");
         }
-        if !c.events.is_empty() || c.events_suppressed > 0 {
+        if !c.events.is_empty() {
             let _ = writeln!(
                 out,
                 "  recent events ({} shown, {} suppressed by the rate limit):",
@@ -348,7 +349,7 @@ mod tests {
             "agent (0123456789ab)  ENFORCED",
             "profiles: openai",
             "denied: 7 pkts",
-            "allowed: 3 flows",
+            "allowed flows: 3",
             "sent 12 pkts, 3.4 kB",
             "recent events (2 shown, 4 suppressed by the rate limit):",
             "-   2.5s  deny tcp 192.0.2.1:8443 (api.openai.com)",

@@ -691,13 +691,18 @@ impl ContainerProxy {
         let name = name.unwrap_or("-");
         match self.log_allowed() {
             Some(suppressed) => {
+                let qtype = msg
+                    .queries()
+                    .first()
+                    .map(|q| q.query_type().to_string())
+                    .unwrap_or_default();
                 tracing::info!(container = %self.container, id = %self.short_id,
-                    name = %name, reason = why.as_str(), suppressed, event = "dns-refused",
-                    "DNS query refused");
+                    name = %name, qtype = %qtype, reason = why.as_str(), suppressed,
+                    event = "dns-refused", "DNS query refused");
                 lock(&self.recent).push(Event::dns(
                     EventKind::DnsRefused,
                     name,
-                    why.as_str().to_string(),
+                    format!("{} ({qtype})", why.as_str()),
                     std::time::SystemTime::now(),
                 ));
             }

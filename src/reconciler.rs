@@ -1416,6 +1416,67 @@ mod tests {
         assert_eq!(unenforceable_reason(&i), None);
     }
 
+    /// Thousands of start/stop cycles leave nothing behind: the containers, the create-event
+    /// cache, the event rate limiters and the metric label sets all drop a container that is
+    /// gone (what a real start adds to each, added here by hand).
+    #[test]
+    fn thousands_of_container_cycles_leave_no_state_behind() {
+        let (resolve_tx, _resolve_rx) = mpsc::channel(1);
+        let (nflog_tx, _nflog_rx) = mpsc::channel(1);
+        let config = Config::default();
+        let profiles = config.load_profiles();
+        let metrics = Arc::new(Metrics::new());
+        let mut rec = Reconciler::new(
+            PathBuf::from("/nonexistent/config.toml"),
+            config,
+            profiles,
+            resolve_tx,
+            nflog_tx,
+            metrics.clone(),
+        );
+        let labels: BTreeMap<String, String> =
+            [("egressd.enable".to_string(), "true".to_string())].into();
+        let now = std::time::Instant::now();
+        for i in 0..5000u32 {
+            let id = format!("{i:064x}");
+            let mut attrs = labels.clone();
+            attrs.insert("name".into(), format!("agent-{i}"));
+            rec.on_create(&id, &attrs);
+            let mut t = Tracked::new(
+                ContainerInfo {
+                    id: id.clone(),
+                    name: format!("agent-{i}"),
+                    ..info()
+                },
+                None,
+                "event",
+            );
+            t.state = State::Enforced;
+            t.recent.push(Event::dns(
+                EventKind::DnsRefused,
+                "x.evil.test",
+                String::new(),
+                SystemTime::now(),
+            ));
+            rec.containers.insert(id.clone(), t);
+            rec.event_limits.check(&id, now);
+            rec.sample_one(&id);
+            assert_eq!(metrics.container_count(), 1);
+            // `die`, then `destroy`.
+            rec.on_stop(&id, false);
+            rec.on_stop(&id, true);
+        }
+        assert!(rec.containers.is_empty());
+        assert!(rec.created.is_empty());
+        assert!(rec.event_limits.is_empty());
+        assert_eq!(metrics.container_count(), 0);
+        // Create events of containers that never start are bounded too.
+        for i in 0..5000u32 {
+            rec.on_create(&format!("c{i}"), &labels);
+        }
+        assert_eq!(rec.created.len(), MAX_CREATED);
+    }
+
     #[test]
     fn dns_elements_cover_udp_and_tcp_53() {
         let e = dns_elems(&["10.0.0.2".parse().unwrap()]);

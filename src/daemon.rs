@@ -12,12 +12,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::control::{self, ControlRequest, Request, Response};
-use crate::docker::{DockerClient, DockerError, Event, EventAction};
+use crate::docker::{ContainerInfo, DockerClient, DockerError, Event, EventAction};
 use crate::metrics::{self, Metrics, MetricsError, ServerLimits};
 use crate::policy::Config;
 use crate::reconciler::{NflogBatch, Reconciler};
@@ -26,6 +27,47 @@ use crate::reconciler::{NflogBatch, Reconciler};
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, DockerError>> + Send>>;
+
+/// A Docker event ready for the reconciler: a `start` with its inspect answer, or any other.
+enum Ready {
+    Started {
+        id: String,
+        at: Option<std::time::SystemTime>,
+        inspected: Result<Option<ContainerInfo>, DockerError>,
+    },
+    Other(Event),
+}
+
+/// Docker events in the order they came, the inspect of each `start` already running: a
+/// burst of starts does not wait for one answer after the other, and the reconciler still
+/// sees every event in order (a `die` never overtakes its `start`).
+type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = Ready> + Send>>>;
+
+/// Events taken from the stream but not yet handed to the reconciler; beyond this the stream
+/// waits (Docker buffers it).
+const MAX_PENDING: usize = 64;
+
+/// Inspects a started container, trying again briefly when dockerd fails to answer (it is
+/// busy starting a burst): a labelled container that is never inspected is never confined.
+async fn inspect_started(docker: DockerClient, id: String) -> Result<Option<ContainerInfo>, DockerError> {
+    let mut delay = Duration::from_millis(100);
+    let mut last = None;
+    for _ in 0..4 {
+        match docker.inspect(&id).await {
+            Ok(r) => return Ok(r),
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "inspect after start failed; trying again");
+                last = Some(e);
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+            }
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => docker.inspect(&id).await,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -89,6 +131,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
 
     let mut events: Option<EventStream> = None;
+    let mut pending: Pending = FuturesOrdered::new();
     let mut backoff = Duration::from_millis(200);
     let mut reconnect_at = tokio::time::Instant::now();
     let mut ready = false;
@@ -123,13 +166,26 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     }
                 }
             }
-            ev = next_event(&mut events), if events.is_some() => {
+            Some(ready) = pending.next(), if !pending.is_empty() => match ready {
+                Ready::Started { id, at, inspected } => rec.on_started(&id, at, inspected).await,
+                Ready::Other(ev) => match ev.action {
+                    EventAction::Die => rec.on_stop(&ev.id, false),
+                    EventAction::Destroy => rec.on_stop(&ev.id, true),
+                    EventAction::Create => rec.on_create(&ev.id, &ev.attributes),
+                    EventAction::Start => {}
+                },
+            },
+            ev = next_event(&mut events), if events.is_some() && pending.len() < MAX_PENDING => {
                 match ev {
-                    Some(Ok(ev)) => match ev.action {
-                        EventAction::Start => rec.on_start(&ev.id, ev.at).await,
-                        EventAction::Die => rec.on_stop(&ev.id, false),
-                        EventAction::Destroy => rec.on_stop(&ev.id, true),
-                        EventAction::Create => rec.on_create(&ev.id, &ev.attributes),
+                    Some(Ok(ev)) => match (ev.action, rec.docker().cloned()) {
+                        (EventAction::Start, Some(docker)) => {
+                            let (id, at) = (ev.id.clone(), ev.at);
+                            pending.push_back(Box::pin(async move {
+                                let inspected = inspect_started(docker, id.clone()).await;
+                                Ready::Started { id, at, inspected }
+                            }));
+                        }
+                        _ => pending.push_back(Box::pin(std::future::ready(Ready::Other(ev)))),
                     },
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "Docker event stream failed; reconnecting");

@@ -93,6 +93,8 @@ struct Tracked {
     enforced_by: &'static str,
     /// Time from Docker's start event to the table being in place (event-driven only).
     event_to_table: Option<Duration>,
+    /// When the table was last written successfully (host clock).
+    applied_at: Option<SystemTime>,
     fw: Option<NsFirewall>,
     shared_with: Option<String>,
     /// Resolve mode: UDP and TCP 53 to the DNS servers the container's own resolution path
@@ -121,6 +123,7 @@ impl Tracked {
             last_error: None,
             enforced_by: via,
             event_to_table: None,
+            applied_at: None,
             fw: None,
             shared_with: None,
             dns: Vec::new(),
@@ -270,11 +273,16 @@ impl Reconciler {
     }
 
     /// A container started (`event_at`: when dockerd emitted the event): enforce it.
-    pub async fn on_start(&mut self, id: &str, event_at: Option<SystemTime>) {
-        let Some(docker) = self.docker.clone() else {
-            return;
-        };
-        match docker.inspect(id).await {
+    /// A container started (`event_at`: when dockerd emitted the event) and was inspected
+    /// (the daemon inspects concurrently, and hands the answers over in event order): enforce
+    /// it.
+    pub async fn on_started(
+        &mut self,
+        id: &str,
+        event_at: Option<SystemTime>,
+        inspected: Result<Option<ContainerInfo>, crate::docker::DockerError>,
+    ) {
+        match inspected {
             Ok(Some(info)) if info.running => {
                 self.created.remove(&info.id);
                 if let Some(t) = self.containers.get_mut(&info.id)
@@ -288,10 +296,10 @@ impl Reconciler {
                 let id = info.id.clone();
                 self.enforce(info, "event").await;
                 if let (Some(at), Some(t)) = (event_at, self.containers.get_mut(&id))
-                    && t.fw.is_some()
+                    && let Some(applied) = t.applied_at
                 {
                     // The host clock, as dockerd's timestamp is; a clock step gives None.
-                    t.event_to_table = SystemTime::now().duration_since(at).ok();
+                    t.event_to_table = applied.duration_since(at).ok();
                 }
                 self.refresh_wanted();
             }
@@ -812,6 +820,7 @@ impl Reconciler {
         self.metrics.observe_apply(started.elapsed());
         match result {
             Ok(()) => {
+                t.applied_at = Some(SystemTime::now());
                 t.errors = policy.errors.clone();
                 t.last_error = None;
                 t.state = if policy.is_quarantined() {

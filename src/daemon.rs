@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::control::{self, ControlRequest, Request, Response};
 use crate::docker::{ContainerInfo, DockerClient, DockerError, Event, EventAction};
 use crate::metrics::{self, Metrics, MetricsError, ServerLimits};
+use crate::oci;
 use crate::policy::Config;
 use crate::reconciler::{NflogBatch, Reconciler};
 
@@ -28,14 +29,48 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, DockerError>> + Send>>;
 
-/// A Docker event ready for the reconciler: a `start` with its inspect answer, or any other.
+/// A Docker event ready for the reconciler: a `start` with what Docker's files on disk say
+/// about the container, or with its inspect answer when they do not tell; or any other event.
 enum Ready {
+    StartedOnDisk {
+        bundle: Box<oci::Bundle>,
+        at: Option<std::time::SystemTime>,
+        docker: DockerClient,
+    },
     Started {
         id: String,
         at: Option<std::time::SystemTime>,
         inspected: Result<Option<ContainerInfo>, DockerError>,
     },
     Other(Event),
+}
+
+/// What to do about a `start`: read the container's facts from disk (fast: dockerd answers
+/// inspects slowly while it starts a burst), else inspect it.
+async fn on_start_event(
+    docker: DockerClient,
+    id: String,
+    at: Option<std::time::SystemTime>,
+) -> Ready {
+    let lookup = id.clone();
+    let on_disk = tokio::task::spawn_blocking(move || {
+        oci::runtime_state(&lookup).and_then(|s| oci::Bundle::read(s).ok())
+    })
+    .await
+    .ok()
+    .flatten();
+    match on_disk {
+        Some(bundle) => Ready::StartedOnDisk {
+            bundle: Box::new(bundle),
+            at,
+            docker,
+        },
+        None => Ready::Started {
+            inspected: inspect_started(docker, id.clone()).await,
+            id,
+            at,
+        },
+    }
 }
 
 /// Docker events in the order they came, the inspect of each `start` already running: a
@@ -49,7 +84,10 @@ const MAX_PENDING: usize = 64;
 
 /// Inspects a started container, trying again briefly when dockerd fails to answer (it is
 /// busy starting a burst): a labelled container that is never inspected is never confined.
-async fn inspect_started(docker: DockerClient, id: String) -> Result<Option<ContainerInfo>, DockerError> {
+async fn inspect_started(
+    docker: DockerClient,
+    id: String,
+) -> Result<Option<ContainerInfo>, DockerError> {
     let mut delay = Duration::from_millis(100);
     let mut last = None;
     for _ in 0..4 {
@@ -167,6 +205,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 }
             }
             Some(ready) = pending.next(), if !pending.is_empty() => match ready {
+                Ready::StartedOnDisk { bundle, at, docker } => {
+                    let id = bundle.state.id.clone();
+                    if !rec.on_started_from_disk(*bundle, at).await {
+                        let inspected = inspect_started(docker, id.clone()).await;
+                        rec.on_started(&id, at, inspected).await;
+                    }
+                }
                 Ready::Started { id, at, inspected } => rec.on_started(&id, at, inspected).await,
                 Ready::Other(ev) => match ev.action {
                     EventAction::Die => rec.on_stop(&ev.id, false),
@@ -179,11 +224,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 match ev {
                     Some(Ok(ev)) => match (ev.action, rec.docker().cloned()) {
                         (EventAction::Start, Some(docker)) => {
-                            let (id, at) = (ev.id.clone(), ev.at);
-                            pending.push_back(Box::pin(async move {
-                                let inspected = inspect_started(docker, id.clone()).await;
-                                Ready::Started { id, at, inspected }
-                            }));
+                            pending.push_back(Box::pin(on_start_event(docker, ev.id, ev.at)));
                         }
                         _ => pending.push_back(Box::pin(std::future::ready(Ready::Other(ev)))),
                     },

@@ -244,6 +244,74 @@ pub fn apply_hostconfig(text: &str, info: &mut ContainerInfo) -> Result<(), Stri
     Ok(())
 }
 
+/// A container's name and labels, as Docker's `config.v2.json` has them.
+pub type NameAndLabels = (String, BTreeMap<String, String>);
+
+/// Where runc keeps the state of Docker's containers: under dockerd's own containerd, and
+/// under a system containerd.
+pub const RUNC_STATE_ROOTS: [&str; 2] =
+    ["/run/docker/runtime-runc/moby", "/run/containerd/runc/moby"];
+
+/// The OCI state of running container `id` from runc's state file (its init pid and bundle),
+/// when it is where Docker's runc keeps it. `None` otherwise (the caller asks Docker).
+pub fn runtime_state(id: &str) -> Option<State> {
+    runtime_state_in(&RUNC_STATE_ROOTS.map(Path::new), id)
+}
+
+/// [`runtime_state`] under the given runc state roots.
+pub fn runtime_state_in(roots: &[&Path], id: &str) -> Option<State> {
+    // A container id is hex; anything else must not become a path.
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    roots.iter().find_map(|root| {
+        let v = read_json(&Path::new(root).join(id).join("state.json")).ok()?;
+        let pid = u32::try_from(v["init_process_pid"].as_u64()?).ok()?;
+        let bundle = v["config"]["labels"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|l| l.strip_prefix("bundle="))?;
+        Some(State {
+            id: id.to_string(),
+            pid,
+            bundle: PathBuf::from(bundle),
+        })
+    })
+}
+
+/// What Docker's files say about a container that runs or is about to: its OCI state, the
+/// enforcement facts of its bundle, and (from Docker's directory for it) its name and labels
+/// and its host config. Read without the Docker API, which the prestart hook must not call
+/// and which answers slowly while dockerd starts a burst of containers.
+#[derive(Debug)]
+pub struct Bundle {
+    pub state: State,
+    pub facts: SpecFacts,
+    /// `config.v2.json`: name and labels (`None`: the bundle names no Docker directory).
+    pub config_v2: Option<Result<NameAndLabels, OciError>>,
+    /// `hostconfig.json`, as text.
+    pub hostconfig: Option<Result<String, OciError>>,
+}
+
+impl Bundle {
+    pub fn read(state: State) -> Result<Bundle, OciError> {
+        let spec = read_json(&state.bundle.join("config.json"))?;
+        let facts = spec_facts(&spec);
+        let config_v2 = facts.container_dir.as_deref().map(read_config_v2);
+        let hostconfig = facts.container_dir.as_deref().map(|dir| {
+            let path = dir.join("hostconfig.json");
+            std::fs::read_to_string(&path).map_err(|source| OciError::Io { path, source })
+        });
+        Ok(Bundle {
+            state,
+            facts,
+            config_v2,
+            hostconfig,
+        })
+    }
+}
+
 pub fn read_json(path: &Path) -> Result<Value, OciError> {
     let text = std::fs::read_to_string(path).map_err(|source| OciError::Io {
         path: path.to_path_buf(),
@@ -268,6 +336,32 @@ pub fn read_config_v2(dir: &Path) -> Result<(String, BTreeMap<String, String>), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_state_reads_runcs_state_file_and_refuses_odd_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, root) = (dir.path().join("none"), dir.path().join("moby"));
+        let id = "0123456789abcdef";
+        std::fs::create_dir_all(root.join(id)).unwrap();
+        // Trimmed from /run/docker/runtime-runc/moby/ID/state.json (runc 1.1, Docker 20.10).
+        std::fs::write(
+            root.join(id).join("state.json"),
+            r#"{"id":"0123456789abcdef","init_process_pid":4242,"config":{"labels":["bundle=/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/0123456789abcdef"]}}"#,
+        )
+        .unwrap();
+        let roots = [empty.as_path(), root.as_path()];
+        let s = runtime_state_in(&roots, id).unwrap();
+        assert_eq!(s.pid, 4242);
+        assert_eq!(
+            s.bundle,
+            Path::new(
+                "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby/0123456789abcdef"
+            )
+        );
+        assert_eq!(runtime_state_in(&roots, "fedcba"), None, "not there");
+        assert_eq!(runtime_state_in(&roots, "../moby/0123456789abcdef"), None);
+        assert_eq!(runtime_state_in(&roots, ""), None);
+    }
 
     /// Trimmed from a real bundle written by Docker 20.10 for
     /// `docker run --cap-add NET_ADMIN --label egressd.enable=true`.

@@ -171,6 +171,19 @@ struct Created {
     labels: BTreeMap<String, String>,
 }
 
+/// What a container's bundle and Docker's files say (see [`Reconciler::judge_bundle`]).
+enum FromBundle {
+    /// Not opted in.
+    NotManaged,
+    /// Opted in, but egressd cannot confine it.
+    Unenforceable { info: ContainerInfo, reason: String },
+    /// Opted in and confinable.
+    Confine {
+        info: ContainerInfo,
+        policy: ContainerPolicy,
+    },
+}
+
 /// Containers remembered between `create` and `start`; beyond this the oldest entries go (the
 /// hook then reads Docker's files instead).
 const MAX_CREATED: usize = 1024;
@@ -285,27 +298,32 @@ impl Reconciler {
         match inspected {
             Ok(Some(info)) if info.running => {
                 self.created.remove(&info.id);
-                if let Some(t) = self.containers.get_mut(&info.id)
-                    && t.enforced_by == "hook"
-                    && t.info.pid == info.pid
-                {
-                    // The prestart hook put the table in place before the process ran.
-                    t.info = info;
-                    return;
-                }
-                let id = info.id.clone();
-                self.enforce(info, "event").await;
-                if let (Some(at), Some(t)) = (event_at, self.containers.get_mut(&id))
-                    && let Some(applied) = t.applied_at
-                {
-                    // The host clock, as dockerd's timestamp is; a clock step gives None.
-                    t.event_to_table = applied.duration_since(at).ok();
-                }
-                self.refresh_wanted();
+                self.started(info, event_at).await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, container = id, "inspect after start failed"),
         }
+    }
+
+    /// Enforces a container that started, unless the prestart hook already did.
+    async fn started(&mut self, info: ContainerInfo, event_at: Option<SystemTime>) {
+        if let Some(t) = self.containers.get_mut(&info.id)
+            && t.enforced_by == "hook"
+            && t.info.pid == info.pid
+        {
+            // The prestart hook put the table in place before the process ran.
+            t.info = info;
+            return;
+        }
+        let id = info.id.clone();
+        self.enforce(info, "event").await;
+        if let (Some(at), Some(t)) = (event_at, self.containers.get_mut(&id))
+            && let Some(applied) = t.applied_at
+        {
+            // The host clock, as dockerd's timestamp is; a clock step gives None.
+            t.event_to_table = applied.duration_since(at).ok();
+        }
+        self.refresh_wanted();
     }
 
     /// A `create` event: remembers the container's name and egressd labels for the hook.
@@ -324,26 +342,22 @@ impl Reconciler {
             .insert(id.to_string(), Created { name, labels });
     }
 
-    /// The OCI prestart hook of container `state.id` (run by the runtime shim, see
-    /// docs/runtime.md): puts its table in place before its process starts. `Ok` lets the
-    /// container start; `Err` (with the reason) makes the hook fail, so it does not start.
-    /// Never calls the Docker API: dockerd holds the container's lock until the hook returns.
-    pub async fn on_hook(&mut self, state: oci::State) -> Result<String, String> {
+    /// Decides about a container from its bundle and Docker's files ([`oci::Bundle`]); never
+    /// calls the Docker API. Takes the labels the `create` event brought, else Docker's own
+    /// file (the event may still be queued); without either, egressd cannot know whether to
+    /// confine it, which is an error.
+    fn judge_bundle(&mut self, b: oci::Bundle) -> Result<FromBundle, String> {
+        let state = &b.state;
         let short = state.id.get(..12).unwrap_or(&state.id).to_string();
-        let spec = oci::read_json(&state.bundle.join("config.json")).map_err(|e| e.to_string())?;
-        let facts = oci::spec_facts(&spec);
         let mut info = ContainerInfo {
             id: state.id.clone(),
             running: true,
             pid: state.pid,
             network_mode: "default".into(),
-            resolv_conf: facts.resolv_conf.clone(),
+            resolv_conf: b.facts.resolv_conf.clone(),
             ..Default::default()
         };
-        // Labels: from the create event, else from Docker's own file (the event may still be
-        // queued). Without either, egressd cannot know whether to confine it: refuse.
-        let on_disk = facts.container_dir.as_deref().map(oci::read_config_v2);
-        match (self.created.remove(&state.id), on_disk) {
+        match (self.created.remove(&state.id), b.config_v2) {
             (Some(c), disk) => {
                 info.labels = c.labels;
                 info.name = match disk {
@@ -357,58 +371,76 @@ impl Reconciler {
             }
             (None, Some(Err(e))) => {
                 return Err(format!(
-                    "cannot learn the labels of container {short} ({e}); not starting it"
+                    "cannot learn the labels of container {short} ({e})"
                 ));
             }
             (None, None) => {
                 return Err(format!(
-                    "cannot learn the labels of container {short}: no create event was seen and its bundle names no Docker container directory; not starting it"
+                    "cannot learn the labels of container {short}: no create event was seen and its bundle names no Docker container directory"
                 ));
             }
         }
-        if let Some(dir) = &facts.container_dir {
-            let path = dir.join("hostconfig.json");
-            match std::fs::read_to_string(&path) {
-                Ok(text) => oci::apply_hostconfig(&text, &mut info)
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-                Err(e) if facts.netns != NetNs::New => {
-                    return Err(format!("{}: {e}", path.display()));
-                }
-                Err(_) => {}
-            }
+        match b.hostconfig {
+            Some(Ok(text)) => oci::apply_hostconfig(&text, &mut info)
+                .map_err(|e| format!("hostconfig.json of container {short}: {e}"))?,
+            Some(Err(e)) if b.facts.netns != NetNs::New => return Err(e.to_string()),
+            _ => {}
         }
         let Some(policy) = policy::compile(&info.labels, &self.config, &self.profiles) else {
-            return Ok(format!("container {short} is not managed by egressd"));
+            return Ok(FromBundle::NotManaged);
         };
-        let mut reason = oci::spec_unenforceable(&facts).or_else(|| unenforceable_reason(&info));
-        if reason.is_none() && matches!(facts.netns, NetNs::Joined(_)) {
+        let mut reason = oci::spec_unenforceable(&b.facts).or_else(|| unenforceable_reason(&info));
+        if reason.is_none() && matches!(b.facts.netns, NetNs::Joined(_)) {
             let owner = info.joined_container().and_then(|j| self.find(j));
             if owner.is_none_or(|o| o.fw.is_none()) {
                 reason = Some("joins a network namespace egressd does not manage".into());
             }
         }
-        if let Some(reason) = reason {
-            let warn_only = self.config.on_unenforceable == OnUnenforceable::Warn;
-            tracing::warn!(container = %info.name, id = %short, reason = %reason, warn_only,
-                "container opted in but cannot be confined");
-            let mut t = Tracked::new(info, None, "hook");
-            t.state = State::Unenforceable;
-            t.errors = vec![reason.clone()];
-            self.containers.insert(state.id.clone(), t);
-            return if warn_only {
-                Ok(format!("container {short} is NOT confined: {reason}"))
-            } else {
-                Err(format!(
-                    "egressd cannot confine container {short}: it {reason}; not starting it (on_unenforceable = \"stop\")"
-                ))
-            };
-        }
+        Ok(match reason {
+            Some(reason) => FromBundle::Unenforceable { info, reason },
+            None => FromBundle::Confine { info, policy },
+        })
+    }
+
+    /// The OCI prestart hook of container `state.id` (run by the runtime shim, see
+    /// docs/runtime.md): puts its table in place before its process starts. `Ok` lets the
+    /// container start; `Err` (with the reason) makes the hook fail, so it does not start.
+    /// Never calls the Docker API: dockerd holds the container's lock until the hook returns.
+    pub async fn on_hook(&mut self, state: oci::State) -> Result<String, String> {
+        let short = state.id.get(..12).unwrap_or(&state.id).to_string();
+        let id = state.id.clone();
+        let bundle = oci::Bundle::read(state).map_err(|e| e.to_string())?;
+        let (info, policy) = match self
+            .judge_bundle(bundle)
+            .map_err(|e| format!("{e}; not starting it"))?
+        {
+            FromBundle::NotManaged => {
+                return Ok(format!("container {short} is not managed by egressd"));
+            }
+            FromBundle::Unenforceable { info, reason } => {
+                let warn_only = self.config.on_unenforceable == OnUnenforceable::Warn;
+                tracing::warn!(container = %info.name, id = %short, reason = %reason, warn_only,
+                    "container opted in but cannot be confined");
+                let mut t = Tracked::new(info, None, "hook");
+                t.state = State::Unenforceable;
+                t.errors = vec![reason.clone()];
+                self.containers.insert(id, t);
+                return if warn_only {
+                    Ok(format!("container {short} is NOT confined: {reason}"))
+                } else {
+                    Err(format!(
+                        "egressd cannot confine container {short}: it {reason}; not starting it (on_unenforceable = \"stop\")"
+                    ))
+                };
+            }
+            FromBundle::Confine { info, policy } => (info, policy),
+        };
         // Resolve the container's domains first, so its first packet already finds them.
         self.want_domains(policy_domains(&policy));
         self.resolve_due_now(Duration::from_secs(2)).await;
         self.enforce(info, "hook").await;
         self.refresh_wanted();
-        match self.containers.get(&state.id) {
+        match self.containers.get(&id) {
             Some(t)
                 if (t.fw.is_some() || t.shared_with.is_some())
                     && matches!(
@@ -423,6 +455,34 @@ impl Reconciler {
                 t.last_error.as_deref().unwrap_or("unknown error")
             )),
             None => Err(format!("egressd lost track of container {short}")),
+        }
+    }
+
+    /// The fast path of a `start` event: the container's facts from its bundle and Docker's
+    /// files ([`oci::Bundle`], read by the daemon without waiting for dockerd). Returns
+    /// `false` when it could not decide (files missing or unreadable) or the container is
+    /// unenforceable (stopping it is the inspect path's job): the caller inspects instead.
+    pub async fn on_started_from_disk(
+        &mut self,
+        bundle: oci::Bundle,
+        event_at: Option<SystemTime>,
+    ) -> bool {
+        let id = bundle.state.id.clone();
+        match self.judge_bundle(bundle) {
+            Ok(FromBundle::NotManaged) => {
+                // Not opted in: never touched (forgotten, should its labels have changed).
+                self.containers.remove(&id);
+                true
+            }
+            Ok(FromBundle::Confine { info, .. }) => {
+                self.started(info, event_at).await;
+                true
+            }
+            Ok(FromBundle::Unenforceable { .. }) => false,
+            Err(e) => {
+                tracing::debug!(container = %id, error = %e, "start: files on disk do not tell; inspecting");
+                false
+            }
         }
     }
 

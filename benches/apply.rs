@@ -130,6 +130,7 @@ fn ruleset(n: u32) -> Ruleset {
         addrs: (0..n).map(elem).collect(),
         dns_redirect: None,
         limits: Default::default(),
+        anomaly: Default::default(),
     };
     rs.normalize();
     rs

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         addrs: (0..n).map(filler).collect(),
         dns_redirect: None,
         limits: Default::default(),
+        anomaly: Default::default(),
     };
     for sa in allowed {
         for proto in [Proto::Tcp, Proto::Udp] {

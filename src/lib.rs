@@ -9,6 +9,7 @@
 //! - [`docker`]: the Docker API (bollard): containers, events.
 //! - [`reconciler`]: desired state vs the tables in the kernel; one task owns all state.
 //! - [`daemon`]: the main loop (events, resolver answers, control requests, signals).
+//! - [`events`]: denied packets, anomalies and DNS refusals an operator sees (pure).
 //! - [`explain`]: why a destination is allowed or denied for a container (pure).
 //! - [`control`]: the JSON control socket; [`status`]: what `egressd status` shows.
 //! - [`audit`]: hardening checks of running containers (pure): inspect facts → findings.
@@ -24,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod dnsproxy;
 pub mod docker;
+pub mod events;
 pub mod explain;
 pub mod firewall;
 pub mod metrics;

@@ -43,6 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::firewall::{CountedElem, Counters};
+
 /// Errors of the metrics module.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -234,6 +236,12 @@ impl Metrics {
         let mut s = lock(&self.store);
         let counts = s.dns.entry(container.to_string()).or_default();
         counts[verdict.index()] = counts[verdict.index()].saturating_add(1);
+    }
+
+    /// Sets the DNS query counts of `container` from its proxy's counters (`[u64; 4]` in the
+    /// order of [`DnsVerdict::ALL`]), replacing what was there.
+    pub fn set_dns_queries(&self, container: &str, counts: [u64; 4]) {
+        lock(&self.store).dns.insert(container.to_string(), counts);
     }
 
     /// Counts one failed resolution of `domain` (resolve mode).
@@ -467,6 +475,66 @@ impl<K: Ord + Clone> HostTotals<K> {
     pub fn retain_hosts(&mut self, keep: impl Fn(&str) -> bool) {
         self.totals.retain(|h, _| keep(h));
     }
+}
+
+/// The kernel counters of one container, made monotonic: the table's named counters and its
+/// per-element counters summed per allowed host. The daemon reads the kernel on a timer and
+/// before it replaces the table ([`TrafficTotals::table_replaced`]).
+#[derive(Debug, Clone, Default)]
+pub struct TrafficTotals {
+    /// New allowed flows (the `allowed` counter counts the first packet of each).
+    pub allowed_flows: Monotonic,
+    pub denied_packets: Monotonic,
+    pub denied_bytes: Monotonic,
+    pub limited_packets: Monotonic,
+    pub hosts: HostTotals<CountedElem>,
+}
+
+impl TrafficTotals {
+    /// One reading: the named counters, and each element with the host it belongs to.
+    pub fn update(
+        &mut self,
+        counters: &Counters,
+        elements: impl IntoIterator<Item = (CountedElem, String, u64, u64)>,
+    ) {
+        self.allowed_flows.update(counters.allowed_packets);
+        self.denied_packets.update(counters.denied_packets);
+        self.denied_bytes.update(counters.denied_bytes);
+        self.limited_packets.update(counters.limited_packets);
+        self.hosts.update(elements);
+    }
+
+    /// Call after a last [`update`](Self::update), before the table is written again.
+    pub fn table_replaced(&mut self) {
+        self.allowed_flows.table_replaced();
+        self.denied_packets.table_replaced();
+        self.denied_bytes.table_replaced();
+        self.limited_packets.table_replaced();
+        self.hosts.table_replaced();
+    }
+
+    /// The sample the metrics endpoint shows.
+    pub fn sample(&self, state: ContainerState) -> ContainerSample {
+        ContainerSample {
+            state,
+            denied_packets: self.denied_packets.total(),
+            denied_bytes: self.denied_bytes.total(),
+            limited_packets: self.limited_packets.total(),
+            hosts: self.hosts.totals().clone(),
+        }
+    }
+}
+
+/// The DNS proxy's counters as metric verdicts, in the order of [`DnsVerdict::ALL`]:
+/// forwarded and answered; refused; dropped (no answer at all: garbage without a header);
+/// failed (SERVFAIL: upstream failure or timeout, or an answer that could not be processed).
+pub fn dns_verdicts(s: &crate::dnsproxy::StatsSnapshot) -> [u64; 4] {
+    let answered = s.forwarded.saturating_sub(s.servfail);
+    let dropped = s
+        .queries
+        .saturating_sub(s.forwarded)
+        .saturating_sub(s.refused);
+    [answered, s.refused, dropped, s.servfail]
 }
 
 // ---- the HTTP endpoint ----

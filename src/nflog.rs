@@ -27,7 +27,8 @@ use tokio::io::unix::AsyncFd;
 use crate::firewall::Netns;
 use crate::firewall::nl::NlIter;
 use crate::firewall::ruleset::{
-    LOG_PREFIX_DENY, LOG_PREFIX_LIMIT, LOG_PREFIX_LIMIT_REPORT, LOG_PREFIX_REPORT,
+    LOG_PREFIX_ANOMALY_CONN, LOG_PREFIX_ANOMALY_FLOW, LOG_PREFIX_DENY, LOG_PREFIX_LIMIT,
+    LOG_PREFIX_LIMIT_REPORT, LOG_PREFIX_REPORT,
 };
 
 /// Bytes of each logged packet the kernel copies: enough for an IPv4 header with options or an
@@ -104,6 +105,12 @@ pub enum LogKind {
     Limit,
     /// `egressd-limit-report `: over a budget in report mode (not rejected).
     LimitReport,
+    /// `egressd-anomaly-conn `: new connections beyond `[anomaly] new_connections_per_minute`
+    /// (a warning; not rejected).
+    AnomalyConn,
+    /// `egressd-anomaly-flow `: a flow that sent more than `[anomaly] bytes_per_flow`
+    /// (logged once per flow; not rejected).
+    AnomalyFlow,
     /// Any other prefix (not one of egressd's rules).
     Other,
 }
@@ -115,6 +122,8 @@ impl LogKind {
             LOG_PREFIX_REPORT => LogKind::Report,
             LOG_PREFIX_LIMIT => LogKind::Limit,
             LOG_PREFIX_LIMIT_REPORT => LogKind::LimitReport,
+            LOG_PREFIX_ANOMALY_CONN => LogKind::AnomalyConn,
+            LOG_PREFIX_ANOMALY_FLOW => LogKind::AnomalyFlow,
             _ => LogKind::Other,
         }
     }
@@ -125,6 +134,8 @@ impl LogKind {
             LogKind::Report => "report",
             LogKind::Limit => "limit",
             LogKind::LimitReport => "limit-report",
+            LogKind::AnomalyConn => "anomaly-conn",
+            LogKind::AnomalyFlow => "anomaly-flow",
             LogKind::Other => "other",
         }
     }

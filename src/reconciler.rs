@@ -18,15 +18,23 @@ use tokio::time::Instant;
 
 use crate::dnsproxy::{self, ContainerProxy, allow::Allowlist};
 use crate::docker::{ContainerInfo, DockerClient};
+use crate::events::{self, Event, EventKind, Recent};
 use crate::explain::{self, Explanation};
-use crate::firewall::{AddrElem, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr, Ruleset};
+use crate::firewall::{
+    AddrElem, CountedElem, FirewallError, LogSettings, NetElem, Netns, NsFirewall, ResolvedAddr,
+    Ruleset,
+};
+use crate::metrics::{self, ContainerSample, ContainerState, Metrics, TrafficTotals};
+use crate::nflog::{self, NflogReader, NflogSocket, Received};
 use crate::oci::{self, NetNs};
 use crate::policy::{
     self, Config, ContainerPolicy, Host, Mode, PortRange, ProfileSet, Proto,
     config::{DnsMode, OnUnenforceable},
 };
 use crate::resolver::{self, Answer, Cache, ResolveError, Resolver};
-use crate::status::{AddrStatus, ContainerStatus, HostStatus, STATUS_VERSION, State, StatusReport};
+use crate::status::{
+    AddrStatus, ContainerStatus, HostStatus, STATUS_EVENTS, STATUS_VERSION, State, StatusReport,
+};
 
 /// Capabilities that let a workload change or flush the rules in its own namespace.
 pub const DANGEROUS_CAPS: [&str; 3] = ["NET_ADMIN", "SYS_ADMIN", "ALL"];
@@ -57,6 +65,23 @@ pub fn unenforceable_reason(info: &ContainerInfo) -> Option<String> {
 /// A result the resolver tasks send back.
 pub type ResolveResult = (String, Result<Answer, ResolveError>);
 
+/// What the NFLOG reader of one container's namespace received: (container id, packets).
+pub type NflogBatch = (String, Received);
+
+/// Packet events logged per container: a burst, then this many a second; the rest are
+/// counted and summed up in one line on the next sample.
+const EVENT_LOG_RATE: u32 = 5;
+const EVENT_LOG_BURST: u32 = 20;
+
+/// A running NFLOG reader; dropping it stops the task and closes its socket.
+struct NflogTask(tokio::task::JoinHandle<()>);
+
+impl Drop for NflogTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One managed (opted-in) container.
 struct Tracked {
     info: ContainerInfo,
@@ -75,6 +100,37 @@ struct Tracked {
     dns: Vec<IpAddr>,
     /// Proxy mode: the container's DNS proxy (its listeners live in the container's netns).
     proxy: Option<Arc<ContainerProxy>>,
+    /// Reads what the table logs in the container's namespace (denied packets, budgets,
+    /// anomalies) and hands it to the daemon loop.
+    nflog: Option<NflogTask>,
+    /// Why that reader could not start (enforcement does not depend on it).
+    nflog_error: Option<String>,
+    /// The last packet events, for `status`.
+    recent: Recent,
+    /// The table's counters, monotonic across rewrites of the table.
+    traffic: TrafficTotals,
+}
+
+impl Tracked {
+    fn new(info: ContainerInfo, policy: Option<ContainerPolicy>, via: &'static str) -> Self {
+        Tracked {
+            info,
+            policy,
+            state: State::Error,
+            errors: Vec::new(),
+            last_error: None,
+            enforced_by: via,
+            event_to_table: None,
+            fw: None,
+            shared_with: None,
+            dns: Vec::new(),
+            proxy: None,
+            nflog: None,
+            nflog_error: None,
+            recent: Recent::default(),
+            traffic: TrafficTotals::default(),
+        }
+    }
 }
 
 pub struct Reconciler {
@@ -97,6 +153,12 @@ pub struct Reconciler {
     proxy_shared: Option<Arc<dnsproxy::Shared>>,
     /// egressd's upstream resolvers (config, or the host's resolv.conf).
     upstreams: Vec<std::net::SocketAddr>,
+    /// What the `/metrics` endpoint shows (set on every sample).
+    metrics: Arc<Metrics>,
+    /// Where the containers' NFLOG readers send what they receive.
+    nflog_tx: mpsc::Sender<NflogBatch>,
+    /// Rate limit of packet event log lines, per container id.
+    event_limits: nflog::Limiters<String>,
 }
 
 /// What a `create` event told about a container.
@@ -116,6 +178,8 @@ impl Reconciler {
         config: Config,
         profiles: ProfileSet,
         resolve_tx: mpsc::Sender<ResolveResult>,
+        nflog_tx: mpsc::Sender<NflogBatch>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let host_dns: Vec<IpAddr> = resolver::parse_resolv_conf(&host_resolv)
@@ -137,6 +201,9 @@ impl Reconciler {
             containers: BTreeMap::new(),
             created: BTreeMap::new(),
             host_dns,
+            metrics,
+            nflog_tx,
+            event_limits: nflog::Limiters::new(EVENT_LOG_RATE, EVENT_LOG_BURST),
         }
     }
 
@@ -316,19 +383,9 @@ impl Reconciler {
             let warn_only = self.config.on_unenforceable == OnUnenforceable::Warn;
             tracing::warn!(container = %info.name, id = %short, reason = %reason, warn_only,
                 "container opted in but cannot be confined");
-            let t = Tracked {
-                dns: Vec::new(),
-                proxy: None,
-                policy: None,
-                state: State::Unenforceable,
-                errors: vec![reason.clone()],
-                last_error: None,
-                enforced_by: "hook",
-                event_to_table: None,
-                fw: None,
-                shared_with: None,
-                info,
-            };
+            let mut t = Tracked::new(info, None, "hook");
+            t.state = State::Unenforceable;
+            t.errors = vec![reason.clone()];
             self.containers.insert(state.id.clone(), t);
             return if warn_only {
                 Ok(format!("container {short} is NOT confined: {reason}"))
@@ -385,8 +442,16 @@ impl Reconciler {
 
     fn forget(&mut self, id: &str) {
         if let Some(t) = self.containers.remove(id) {
+            let suppressed = self.event_limits.remove(&t.info.id);
+            if suppressed > 0 {
+                tracing::info!(container = %t.info.name, id = t.info.short_id(), suppressed,
+                    "packet events suppressed by the rate limit");
+            }
+            self.metrics.remove_container(&t.info.name);
             tracing::info!(container = %t.info.name, id = t.info.short_id(), "container gone; state dropped");
         }
+        let domains: BTreeSet<String> = self.tracked_domains().into_iter().collect();
+        self.metrics.retain_domains(|d| domains.contains(d));
     }
 
     /// Decides and programs one running container.
@@ -397,25 +462,20 @@ impl Reconciler {
             return;
         };
         // A container already known with the same process keeps its DNS proxy (listeners
-        // and what it let through) across a sync or a reload.
-        let previous = self
+        // and what it let through), its log reader, its events and its traffic totals across
+        // a sync or a reload.
+        let old = self
             .containers
             .remove(&info.id)
-            .filter(|old| old.info.pid == info.pid)
-            .and_then(|old| old.proxy);
-        let mut t = Tracked {
-            dns: Vec::new(),
-            proxy: None,
-            policy: Some(policy),
-            state: State::Error,
-            errors: Vec::new(),
-            last_error: None,
-            enforced_by: via,
-            event_to_table: None,
-            fw: None,
-            shared_with: None,
-            info,
-        };
+            .filter(|old| old.info.pid == info.pid);
+        let mut t = Tracked::new(info, Some(policy), via);
+        let mut previous = None;
+        if let Some(mut old) = old {
+            previous = old.proxy.take();
+            t.nflog = old.nflog.take();
+            t.recent = std::mem::take(&mut old.recent);
+            t.traffic = std::mem::take(&mut old.traffic);
+        }
         let mut reason = unenforceable_reason(&t.info);
         if reason.is_none()
             && let Some(joined) = t.info.joined_container()
@@ -468,7 +528,177 @@ impl Reconciler {
             return;
         }
         self.apply(&mut t);
+        self.start_event_reader(&mut t, &netns);
         self.containers.insert(t.info.id.clone(), t);
+    }
+
+    /// Starts reading what the table logs in the container's namespace, unless a reader runs.
+    /// Failing to is reported, not fatal: the table enforces without it.
+    fn start_event_reader(&self, t: &mut Tracked, netns: &Netns) {
+        if t.nflog.is_some() || t.fw.is_none() {
+            return;
+        }
+        let opened = NflogSocket::open(netns, self.config.nflog_group)
+            .and_then(NflogReader::new)
+            .map_err(|e| e.to_string());
+        let mut reader = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(container = %t.info.name, id = t.info.short_id(), error = %e,
+                    "cannot read the container's denied-packet log; enforcement is not affected");
+                t.nflog_error = Some(e);
+                return;
+            }
+        };
+        t.nflog_error = None;
+        let (tx, id, name) = (
+            self.nflog_tx.clone(),
+            t.info.id.clone(),
+            t.info.name.clone(),
+        );
+        t.nflog = Some(NflogTask(tokio::spawn(async move {
+            loop {
+                match reader.recv().await {
+                    Ok(got) => {
+                        if tx.send((id.clone(), got)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %name, error = %e,
+                            "reading the denied-packet log failed; events of this container stop");
+                        return;
+                    }
+                }
+            }
+        })));
+    }
+
+    /// Packets the table of container `id` logged: each becomes an event, attributed to the
+    /// names its destination was resolved from, logged (rate limited) and kept for `status`.
+    pub fn on_nflog(&mut self, id: &str, got: Received) {
+        let now = std::time::Instant::now();
+        let Some(t) = self.containers.get(id) else {
+            return;
+        };
+        let mut out = Vec::new();
+        for p in &got.events {
+            let domains = self.domains_of(t, p.dst);
+            if let Some(e) = Event::from_packet(p, domains, SystemTime::now()) {
+                out.push(e);
+            }
+        }
+        let (name, short) = (t.info.name.clone(), t.info.short_id().to_string());
+        let mut kept = Vec::new();
+        let mut suppressed_now = 0;
+        for e in out {
+            match self.event_limits.check(&id.to_string(), now) {
+                nflog::Decision::Emit { suppressed } => {
+                    log_event(&name, &short, &e, suppressed);
+                    kept.push(e);
+                }
+                nflog::Decision::Suppress => suppressed_now += 1,
+            }
+        }
+        if got.overrun {
+            tracing::warn!(container = %name, id = %short,
+                "the kernel dropped denied-packet log messages (receive queue full)");
+        }
+        if let Some(t) = self.containers.get_mut(id) {
+            for e in kept {
+                t.recent.push(e);
+            }
+            t.recent.add_suppressed(suppressed_now);
+        }
+    }
+
+    /// The names container `t` resolved `addr` from, now or lately: its DNS proxy's record in
+    /// proxy mode, the shared cache (for the domains of its policy) in resolve mode.
+    fn domains_of(&self, t: &Tracked, addr: IpAddr) -> Vec<String> {
+        if let Some(p) = &t.proxy {
+            return p.names_of(addr);
+        }
+        let now = Instant::now();
+        t.policy
+            .as_ref()
+            .map(policy_domains)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| self.cache.answered(d, addr, now))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// The policy host (as `status` lists it) that a counted element belongs to.
+    fn host_of(&self, t: &Tracked, elem: &CountedElem) -> String {
+        let Some(policy) = &t.policy else {
+            return elem.addr().to_string();
+        };
+        match elem {
+            CountedElem::Resolved { addr, proto, port } => self
+                .domains_of(t, *addr)
+                .iter()
+                .find_map(|name| rule_host_for_name(policy, name, *proto, *port))
+                .unwrap_or_else(|| addr.to_string()),
+            CountedElem::Static(n) => policy
+                .rules
+                .iter()
+                .find(|r| {
+                    r.proto == n.proto
+                        && matches!(&r.host, Host::Net(net) if net.contains(n.net.network()))
+                })
+                .map(|r| r.host.to_string())
+                // The container's own DNS path (resolve mode) is listed by address.
+                .unwrap_or_else(|| n.net.ip().to_string()),
+        }
+    }
+
+    /// Reads the table's counters into `t.traffic`.
+    fn read_traffic(&self, t: &mut Tracked) -> Result<(), FirewallError> {
+        let Some(fw) = &t.fw else { return Ok(()) };
+        let counters = fw.counters()?;
+        let readings: Vec<(CountedElem, String, u64, u64)> = fw
+            .element_counters()?
+            .into_iter()
+            .map(|e| (e.elem, self.host_of(t, &e.elem), e.packets, e.bytes))
+            .collect();
+        t.traffic.update(&counters, readings);
+        Ok(())
+    }
+
+    /// Reads every container's counters and publishes them as metrics; logs how many packet
+    /// events the rate limit suppressed since the last sample. On a timer, and for `status`.
+    pub fn sample(&mut self) {
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in ids {
+            self.sample_one(&id);
+        }
+        for (id, n) in self.event_limits.take_suppressed() {
+            let name = self.containers.get(&id).map(|t| t.info.name.clone());
+            tracing::info!(container = name.as_deref().unwrap_or("-"), id = %id.get(..12).unwrap_or(&id),
+                suppressed = n, "packet events suppressed by the rate limit");
+        }
+    }
+
+    fn sample_one(&mut self, id: &str) {
+        let Some(mut t) = self.containers.remove(id) else {
+            return;
+        };
+        if let Err(e) = self.read_traffic(&mut t) {
+            tracing::debug!(container = %t.info.name, error = %e, "reading counters failed");
+        }
+        let sample = if t.fw.is_some() {
+            t.traffic.sample(metric_state(t.state))
+        } else {
+            ContainerSample::new(metric_state(t.state))
+        };
+        self.metrics.set_container(&t.info.name, sample);
+        if let Some(p) = &t.proxy {
+            self.metrics
+                .set_dns_queries(&t.info.name, metrics::dns_verdicts(&p.stats()));
+        }
+        self.containers.insert(id.to_string(), t);
     }
 
     async fn unenforceable(&mut self, mut t: Tracked, reason: String) {
@@ -556,9 +786,16 @@ impl Reconciler {
 
     /// Writes the whole table for `t`, verifies it, and falls back to quarantine on failure.
     fn apply(&self, t: &mut Tracked) {
+        if t.fw.is_some() {
+            // A last reading of the counters the old table holds (none for a new container),
+            // since the new table starts them at zero.
+            let _ = self.read_traffic(t);
+            t.traffic.table_replaced();
+        }
         let Some(fw) = &t.fw else { return };
         let Some(policy) = &t.policy else { return };
         let mut rs = self.ruleset(policy, &t.dns);
+        let started = std::time::Instant::now();
         let result = match &t.proxy {
             // Proxy mode: the table carries the redirect to the proxy and every address the
             // proxy let through, written while no query can add one.
@@ -572,6 +809,7 @@ impl Reconciler {
             }
             _ => fw.apply(&rs).and_then(|()| fw.verify(&rs)),
         };
+        self.metrics.observe_apply(started.elapsed());
         match result {
             Ok(()) => {
                 t.errors = policy.errors.clone();
@@ -625,6 +863,7 @@ impl Reconciler {
         if !rs.quarantined {
             rs.nets.extend(dns_elems(dns));
             rs.normalize();
+            rs.anomaly = self.config.anomaly.clone();
         }
         rs
     }
@@ -713,6 +952,7 @@ impl Reconciler {
             Ok(answer) => self.cache.on_answer(&domain, &answer, now),
             Err(e) => {
                 tracing::warn!(domain = %domain, error = %e, "resolution failed; last-known addresses age out");
+                self.metrics.inc_resolve_error(&domain);
                 self.cache.on_failure(&domain, &e, now);
                 return;
             }
@@ -777,18 +1017,29 @@ impl Reconciler {
                     "cannot open new upstream sockets for the DNS proxy; keeping the old ones"),
             }
         }
+        if config.metrics != self.config.metrics {
+            tracing::warn!("[metrics] changed: the endpoint moves when egressd restarts");
+        }
+        let group_changed = config.nflog_group != self.config.nflog_group;
         self.config = config;
         self.profiles = profiles;
         let ids: Vec<String> = self.containers.keys().cloned().collect();
         for id in &ids {
             if let Some(mut t) = self.containers.remove(id) {
+                if group_changed {
+                    // The reader listens on the old group: a new one starts after the apply.
+                    t.nflog = None;
+                }
                 if t.fw.is_some() {
                     t.policy = policy::compile(&t.info.labels, &self.config, &self.profiles);
                     t.enforced_by = "reload";
                     let previous = t.proxy.take();
                     let netns = Netns::of_pid(t.info.pid);
                     match self.set_up_dns(&mut t, &netns, previous) {
-                        Ok(()) => self.apply(&mut t),
+                        Ok(()) => {
+                            self.apply(&mut t);
+                            self.start_event_reader(&mut t, &netns);
+                        }
                         Err(e) => {
                             tracing::error!(container = %t.info.name, error = %e,
                                 "cannot start the container's DNS proxy; quarantining");
@@ -867,23 +1118,31 @@ impl Reconciler {
         Ok(explain::explain(&facts, &dest))
     }
 
-    /// The status of all (or one) managed containers.
-    pub fn status(&self, filter: Option<&str>) -> Result<StatusReport, String> {
-        let now = Instant::now();
-        let list: Vec<&Tracked> = match filter {
+    /// The status of all (or one) managed containers, with fresh counters. The status of one
+    /// container carries its last events.
+    pub fn status(&mut self, filter: Option<&str>) -> Result<StatusReport, String> {
+        let ids: Vec<String> = match filter {
             Some(f) => vec![
                 self.find(f)
+                    .map(|t| t.info.id.clone())
                     .ok_or_else(|| format!("no managed container {f:?}"))?,
             ],
-            None => self.containers.values().collect(),
+            None => self.containers.keys().cloned().collect(),
         };
+        for id in &ids {
+            self.sample_one(id);
+        }
+        let now = Instant::now();
+        let list: Vec<&Tracked> = ids
+            .iter()
+            .filter_map(|id| self.containers.get(id))
+            .collect();
         let mut containers: Vec<ContainerStatus> = list
             .into_iter()
             .map(|t| {
-                let counters =
-                    t.fw.as_ref()
-                        .and_then(|fw| fw.counters().ok())
-                        .unwrap_or_default();
+                let dns_events = t.proxy.as_ref().map(|p| p.recent_events());
+                let mut rings = vec![&t.recent];
+                rings.extend(dns_events.as_ref());
                 ContainerStatus {
                     id: t.info.id.clone(),
                     name: t.info.name.clone(),
@@ -899,8 +1158,10 @@ impl Reconciler {
                         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                     shared_with: t.shared_with.clone(),
                     hosts: self.host_status(t, now),
-                    allowed_packets: counters.allowed_packets,
-                    denied_packets: counters.denied_packets,
+                    allowed_packets: t.traffic.allowed_flows.total(),
+                    denied_packets: t.traffic.denied_packets.total(),
+                    denied_bytes: t.traffic.denied_bytes.total(),
+                    limited_packets: t.traffic.limited_packets.total(),
                     errors: t.errors.clone(),
                     last_error: t.last_error.clone(),
                     dns_mode: match (&t.policy, &t.proxy) {
@@ -910,6 +1171,13 @@ impl Reconciler {
                     },
                     resolved: t.proxy.as_ref().map(|p| p.resolved()).unwrap_or_default(),
                     dns: t.proxy.as_ref().map(|p| p.stats()),
+                    events: if filter.is_some() {
+                        events::merge_last(&rings, STATUS_EVENTS)
+                    } else {
+                        Vec::new()
+                    },
+                    events_suppressed: rings.iter().map(|r| r.suppressed()).sum(),
+                    events_error: t.nflog_error.clone(),
                 }
             })
             .collect();
@@ -933,10 +1201,13 @@ impl Reconciler {
             return Vec::new();
         }
         let resolved = t.proxy.as_ref().map(|p| p.resolved());
+        let traffic = t.traffic.hosts.totals();
         let mut out: Vec<HostStatus> = policy
             .rules
             .iter()
             .map(|r| HostStatus {
+                packets: traffic.get(&r.host.to_string()).map_or(0, |h| h.packets),
+                bytes: traffic.get(&r.host.to_string()).map_or(0, |h| h.bytes),
                 host: r.host.to_string(),
                 ports: policy::Ports(&r.ports).to_string(),
                 proto: r.proto.to_string(),
@@ -966,6 +1237,8 @@ impl Reconciler {
             })
             .collect();
         out.extend(t.dns.iter().map(|ip| HostStatus {
+            packets: traffic.get(&ip.to_string()).map_or(0, |h| h.packets),
+            bytes: traffic.get(&ip.to_string()).map_or(0, |h| h.bytes),
             host: ip.to_string(),
             ports: "53".into(),
             proto: "udp+tcp".into(),
@@ -973,6 +1246,69 @@ impl Reconciler {
             addrs: Vec::new(),
         }));
         out
+    }
+}
+
+/// One log line per packet event: deny and report at info, budgets and anomalies at warn.
+fn log_event(container: &str, short_id: &str, e: &Event, suppressed: u64) {
+    let dst = e.dst.map(|a| a.to_string()).unwrap_or_default();
+    let port = e.port.unwrap_or(0);
+    let proto = e.proto.as_deref().unwrap_or("");
+    let domain = e.domains.join(",");
+    let what = match e.kind {
+        EventKind::Deny => "egress denied",
+        EventKind::Report => "egress would be denied (report mode)",
+        EventKind::Limit => "anomaly: over budget (egressd.limit), packet rejected",
+        EventKind::LimitReport => "anomaly: over budget (egressd.limit; report mode, passed)",
+        EventKind::AnomalyConn => {
+            "anomaly: more new connections than [anomaly] new_connections_per_minute"
+        }
+        EventKind::AnomalyFlow => "anomaly: a flow sent more than [anomaly] bytes_per_flow",
+        EventKind::DnsRefused | EventKind::DnsTunnel => "DNS event",
+    };
+    if e.kind.is_anomaly() {
+        tracing::warn!(container = %container, id = %short_id, event = e.kind.as_str(), dst = %dst,
+            port, proto = %proto, domain = %domain, suppressed, "{what}");
+    } else {
+        tracing::info!(container = %container, id = %short_id, event = e.kind.as_str(), dst = %dst,
+            port, proto = %proto, domain = %domain, suppressed, "{what}");
+    }
+}
+
+/// The host of the policy rule that allows `name` on `proto`/`port`: its exact rule, else a
+/// wildcard above it.
+fn rule_host_for_name(
+    policy: &ContainerPolicy,
+    name: &str,
+    proto: Proto,
+    port: u16,
+) -> Option<String> {
+    let covers = |r: &&policy::Rule| {
+        r.proto == proto && r.ports.iter().any(|p| p.first <= port && port <= p.last)
+    };
+    let exact = policy
+        .rules
+        .iter()
+        .filter(covers)
+        .find(|r| matches!(&r.host, Host::Domain(d) if d == name));
+    let below = || {
+        policy.rules.iter().filter(covers).find(|r| {
+            matches!(&r.host, Host::Wildcard(base)
+                if name.len() > base.len() + 1
+                    && name.ends_with(base.as_str())
+                    && name.as_bytes()[name.len() - base.len() - 1] == b'.')
+        })
+    };
+    exact.or_else(below).map(|r| r.host.to_string())
+}
+
+fn metric_state(s: State) -> ContainerState {
+    match s {
+        State::Enforced => ContainerState::Enforced,
+        State::Report => ContainerState::Report,
+        State::Quarantined => ContainerState::Quarantined,
+        State::Unenforceable => ContainerState::Unenforceable,
+        State::Error => ContainerState::Error,
     }
 }
 

@@ -310,6 +310,16 @@ impl Cache {
             .collect()
     }
 
+    /// Whether `addr` is an address of `domain` now, or was one lately (expired within the
+    /// last hour): attribution of denied packets and of per-element counters.
+    pub fn answered(&self, domain: &str, addr: IpAddr, now: Instant) -> bool {
+        self.entries
+            .get(&normalize_domain(domain))
+            .is_some_and(|e| {
+                e.live(now).any(|a| a.addr == addr) || e.expired.iter().any(|(a, _)| *a == addr)
+            })
+    }
+
     /// Why the last query for `domain` failed, if it did.
     pub fn last_error(&self, domain: &str) -> Option<String> {
         self.entries

@@ -7,6 +7,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::dnsproxy::{ResolvedName, StatsSnapshot as DnsStats};
+pub use crate::events::Event;
+
+/// Events shown by `egressd status CONTAINER`: the last ones of each source (the table's log,
+/// the DNS proxy), newest last.
+pub const STATUS_EVENTS: usize = 10;
 
 /// Version of the JSON layout; bumped only on an incompatible change.
 pub const STATUS_VERSION: u32 = 1;
@@ -64,8 +69,14 @@ pub struct ContainerStatus {
     /// `--network container:X`: the container whose table confines this one.
     pub shared_with: Option<String>,
     pub hosts: Vec<HostStatus>,
+    /// New allowed flows (the kernel's `allowed` counter counts the first packet of each).
     pub allowed_packets: u64,
     pub denied_packets: u64,
+    #[serde(default)]
+    pub denied_bytes: u64,
+    /// Packets over a budget (`limit` label).
+    #[serde(default)]
+    pub limited_packets: u64,
     /// Why the container is quarantined, unenforceable or in error.
     pub errors: Vec<String>,
     pub last_error: Option<String>,
@@ -78,6 +89,17 @@ pub struct ContainerStatus {
     /// Proxy mode: the container's DNS query counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsStats>,
+    /// The last events (denied packets with their attribution, budget and anomaly warnings,
+    /// refused DNS queries), oldest first. Only in the status of one container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+    /// Events not logged (nor kept) because of the per-container rate limit.
+    #[serde(default)]
+    pub events_suppressed: u64,
+    /// Why egressd cannot read the container's denied-packet log, if it cannot (enforcement
+    /// does not depend on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +113,12 @@ pub struct HostStatus {
     pub source: String,
     /// Current addresses of a domain (empty for a CIDR, or when not resolved yet).
     pub addrs: Vec<AddrStatus>,
+    /// Allowed packets and bytes sent to this host (all its addresses and ports), counted by
+    /// the kernel per set element, since egressd first saw the container.
+    #[serde(default)]
+    pub packets: u64,
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,10 +162,15 @@ pub fn render(report: &StatusReport) -> String {
             None if c.enforced_by == "hook" => " (before the process started)".into(),
             None => String::new(),
         };
+        let limited = if c.limited_packets > 0 {
+            format!("   over budget: {} pkts", c.limited_packets)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  via: {}{}   allowed: {} pkts   denied: {} pkts",
-            c.enforced_by, latency, c.allowed_packets, c.denied_packets
+            "  via: {}{}   allowed flows: {}   denied: {} pkts{}",
+            c.enforced_by, latency, c.allowed_packets, c.denied_packets, limited
         );
         for e in &c.errors {
             let _ = writeln!(out, "  ! {e}");
@@ -163,10 +196,15 @@ pub fn render(report: &StatusReport) -> String {
                     .collect();
                 format!("  -> {}", list.join(", "))
             };
+            let traffic = if h.packets > 0 {
+                format!("   sent {} pkts, {}", h.packets, human_bytes(h.bytes))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {:<32} {}/{}  [{}]{}",
-                h.host, h.ports, h.proto, h.source, addrs
+                "  {:<32} {}/{}  [{}]{}{}",
+                h.host, h.ports, h.proto, h.source, addrs, traffic
             );
         }
         if !c.resolved.is_empty() {
@@ -187,8 +225,40 @@ pub fn render(report: &StatusReport) -> String {
                 );
             }
         }
+        if let Some(e) = &c.events_error {
+            let _ = writeln!(out, "  events: unavailable: {e}");
+        }
+        if !c.events.is_empty() {
+            let _ = writeln!(
+                out,
+                "  recent events ({} shown, {} suppressed by the rate limit):",
+                c.events.len(),
+                c.events_suppressed
+            );
+            let newest = c.events.last().map_or(0, |e| e.at_ms);
+            for e in &c.events {
+                let ago = newest.saturating_sub(e.at_ms) as f64 / 1e3;
+                let _ = writeln!(out, "    -{ago:>6.1}s  {}", e.summary());
+            }
+        }
     }
     out
+}
+
+/// `1.2 kB`, `3.4 MB`: decimal units, as `limit` labels use them.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 #[cfg(test)]
@@ -217,9 +287,13 @@ mod tests {
                         addr: "192.0.2.1".parse().unwrap(),
                         expires_in_secs: 42,
                     }],
+                    packets: 12,
+                    bytes: 3400,
                 }],
                 allowed_packets: 3,
                 denied_packets: 7,
+                denied_bytes: 420,
+                limited_packets: 0,
                 errors: vec![],
                 last_error: None,
                 dns_mode: "proxy".into(),
@@ -235,6 +309,26 @@ mod tests {
                     refused: 5,
                     ..Default::default()
                 }),
+                events: vec![
+                    Event {
+                        at_ms: 1_000,
+                        kind: crate::events::EventKind::Deny,
+                        dst: Some("192.0.2.1".parse().unwrap()),
+                        port: Some(8443),
+                        proto: Some("tcp".into()),
+                        domains: vec!["api.openai.com".into()],
+                        name: None,
+                        detail: None,
+                    },
+                    Event::dns(
+                        crate::events::EventKind::DnsRefused,
+                        "x.evil.test",
+                        "name not allowed".into(),
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(3_500),
+                    ),
+                ],
+                events_suppressed: 4,
+                events_error: None,
             }],
         }
     }
@@ -255,6 +349,11 @@ mod tests {
             "agent (0123456789ab)  ENFORCED",
             "profiles: openai",
             "denied: 7 pkts",
+            "allowed flows: 3",
+            "sent 12 pkts, 3.4 kB",
+            "recent events (2 shown, 4 suppressed by the rate limit):",
+            "-   2.5s  deny tcp 192.0.2.1:8443 (api.openai.com)",
+            "-   0.0s  dns-refused x.evil.test: name not allowed",
             "api.openai.com",
             "192.0.2.1 (42s)",
             "refused: 5",

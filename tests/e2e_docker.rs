@@ -5,7 +5,8 @@
 //! - two fake API servers on it (busybox httpd on 443 and 8443): "api" (.10) and "other" (.11);
 //! - a fake upstream DNS (the `fake_dns` example) on the network's gateway address, mapping
 //!   api.openai.com (and test names) to those servers;
-//! - the daemon, with that DNS as its only upstream.
+//! - a data sink (`nc -ll` on 9000) at .12, for the big-flow anomaly;
+//! - the daemon, with that DNS as its only upstream and its metrics on a loopback port.
 //!
 //! Everything runs in one #[test] so the image, network and daemon are built once; each
 //! scenario is a function, and a failure names it. Disruptive scenarios (kill -9, dockerd
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use egressd::events::{Event, EventKind};
 use egressd::status::{State, StatusReport};
 
 const IMAGE: &str = "egressd-test-busybox";
@@ -120,6 +122,14 @@ impl Fixture {
                 "mkdir -p /www && echo ok > /www/index.html && httpd -p 443 -h /www && httpd -p 8443 -h /www && httpd -f -p 80 -h /www",
             );
         }
+        f.run_container(
+            "egressd-e2e-sink",
+            &["--ip", &f.ip(12), "--restart", "always"],
+            &[],
+            // Reads each connection to its end (a plain `nc -l` half-closes at once, and
+            // busybox's client then stops sending).
+            "nc -ll -p 9000 -e sh -c 'cat > /dev/null'",
+        );
         f.write_records(&[("api.openai.com", 10), ("api.anthropic.com", 11)], 2);
         f.start_dns();
         f.write_config("");
@@ -141,6 +151,36 @@ impl Fixture {
 
     fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
+    }
+
+    /// The daemon's metrics endpoint (loopback only).
+    fn metrics_addr(&self) -> String {
+        format!("127.0.0.1:{}", 19000 + std::process::id() % 1000)
+    }
+
+    /// `GET /metrics`, parsed: series (`name{labels}`) → value.
+    fn scrape(&self) -> std::collections::BTreeMap<String, f64> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.metrics_addr()).expect("metrics endpoint");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: egressd\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            body.trim_end().ends_with("# EOF"),
+            "OpenMetrics ends with # EOF:\n{body}"
+        );
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("SERIES VALUE");
+                let v: f64 = value.parse().unwrap_or_else(|_| panic!("value of {l:?}"));
+                (series.to_string(), v)
+            })
+            .collect()
     }
 
     /// Writes the fake DNS's records: `records` (name, server number, with `ttl`), plus the
@@ -168,11 +208,12 @@ impl Fixture {
         std::fs::write(
             self.config_path(),
             format!(
-                "profile_dirs = [\"{}\"]\n{extra}\n[dns]\nmode = \"resolve\"\nupstreams = [\"{}:53\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\nupstream_timeout = 1\nrebind_allow = [\"{}.0/26\"]\n[control]\nsocket = \"{}\"\n",
+                "profile_dirs = [\"{}\"]\n{extra}\n[dns]\nmode = \"resolve\"\nupstreams = [\"{}:53\"]\nmin_ttl = 1\nmax_ttl = 60\ngrace = 3\nupstream_timeout = 1\nrebind_allow = [\"{}.0/26\"]\n[control]\nsocket = \"{}\"\n[metrics]\nlisten = \"{}\"\n[anomaly]\nbytes_per_flow = 200000\n",
                 profiles.display(),
                 self.gateway(),
                 self.prefix,
-                self.socket().display()
+                self.socket().display(),
+                self.metrics_addr()
             ),
         )
         .unwrap();
@@ -409,11 +450,35 @@ impl Fixture {
         (r.response_code().to_string(), addrs)
     }
 
+    /// `egressd status NAME --json`: one container, with its last events.
     fn container_status(&self, name: &str) -> Option<egressd::status::ContainerStatus> {
-        self.status()?
-            .containers
-            .into_iter()
-            .find(|c| c.name == name)
+        let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args([
+                "status",
+                name,
+                "--json",
+                "--socket",
+                self.socket().to_str().unwrap(),
+            ])
+            .output()
+            .ok()?;
+        let report: StatusReport = serde_json::from_slice(&out.stdout).ok()?;
+        report.containers.into_iter().find(|c| c.name == name)
+    }
+
+    /// Waits until container `name` reports an event that `f` accepts; returns it.
+    fn wait_event(&self, name: &str, f: impl Fn(&Event) -> bool) -> Event {
+        let mut last = None;
+        let found = wait(Duration::from_secs(10), || {
+            last = self.container_status(name);
+            last.as_ref().is_some_and(|c| c.events.iter().any(&f))
+        });
+        assert!(
+            found,
+            "no such event of {name}; status: {last:#?}\n{}",
+            self.daemon_log()
+        );
+        last.unwrap().events.into_iter().find(|e| f(e)).unwrap()
     }
 
     fn has_egressd_table(&self, container: &str) -> bool {
@@ -538,6 +603,146 @@ fn docker_end_to_end() {
         assert!(fx.connects("egressd-e2e-plain", &other, 8443));
         assert!(fx.state_of("egressd-e2e-plain").is_none());
     });
+
+    scenario(
+        "events: a denied attempt names its container, destination and domain (resolve and proxy mode)",
+        || {
+            fx.agent("egressd-e2e-ev", &[("egressd.profiles", "openai")]);
+            assert!(wait(Duration::from_secs(10), || fx.connects(
+                "egressd-e2e-ev",
+                &api,
+                443
+            )));
+            assert!(!fx.connects("egressd-e2e-ev", &api, 8443));
+            assert!(!fx.connects("egressd-e2e-ev", &other, 443));
+            let e = fx.wait_event("egressd-e2e-ev", |e| e.port == Some(8443));
+            assert_eq!(e.kind, EventKind::Deny);
+            assert_eq!(e.dst.map(|a| a.to_string()), Some(api.clone()));
+            assert_eq!(e.proto.as_deref(), Some("tcp"));
+            assert_eq!(e.domains, vec!["api.openai.com".to_string()]);
+            // An address the container never resolved: no domain to name.
+            let e = fx.wait_event("egressd-e2e-ev", |e| {
+                e.dst.map(|a| a.to_string()) == Some(other.clone())
+            });
+            assert_eq!((e.kind, e.port), (EventKind::Deny, Some(443)));
+            assert!(e.domains.is_empty(), "{e:?}");
+            // The same event is in the daemon's log, with the container.
+            assert!(
+                fx.daemon_log().lines().any(|l| l.contains("egress denied")
+                    && l.contains("egressd-e2e-ev")
+                    && l.contains(&api)
+                    && l.contains("8443")
+                    && l.contains("api.openai.com")),
+                "no log line for the denial:\n{}",
+                fx.daemon_log()
+            );
+
+            // Proxy mode: the name comes from what the container's own query got.
+            fx.agent(
+                "egressd-e2e-evpx",
+                &[
+                    ("egressd.dns", "proxy"),
+                    ("egressd.allow", "api.openai.com"),
+                ],
+            );
+            assert_eq!(
+                fx.lookup("egressd-e2e-evpx", "api.openai.com", None),
+                Ok(vec![api.clone()])
+            );
+            assert!(!fx.connects("egressd-e2e-evpx", &api, 8443));
+            let e = fx.wait_event("egressd-e2e-evpx", |e| e.port == Some(8443));
+            assert_eq!(e.domains, vec!["api.openai.com".to_string()]);
+            assert!(
+                fx.lookup("egressd-e2e-evpx", "exfil.evil.test", None)
+                    .is_err()
+            );
+            let e = fx.wait_event("egressd-e2e-evpx", |e| e.kind == EventKind::DnsRefused);
+            assert_eq!(e.name.as_deref(), Some("exfil.evil.test"));
+        },
+    );
+
+    scenario(
+        "metrics: the endpoint is scraped and parsed, and its counters move with real traffic",
+        || {
+            let c = "egressd-e2e-ev";
+            let allowed =
+                "egressd_allowed_bytes_total{container=\"egressd-e2e-ev\",host=\"api.openai.com\"}";
+            let denied = "egressd_denied_packets_total{container=\"egressd-e2e-ev\"}";
+            fx.container_status(c).unwrap(); // reads the kernel counters into the metrics
+            let before = fx.scrape();
+            let get = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
+                m.get(k).copied().unwrap_or(0.0)
+            };
+            let (_, out) = fx.exec(c, &format!("wget -q -O - http://{api}:443/"));
+            assert_eq!(out.trim(), "ok", "allowed request");
+            assert!(!fx.connects(c, &api, 8443));
+            fx.container_status(c).unwrap();
+            let after = fx.scrape();
+            assert!(
+                get(&after, allowed) > get(&before, allowed),
+                "allowed bytes did not grow: {} -> {}\n{after:#?}",
+                get(&before, allowed),
+                get(&after, allowed)
+            );
+            assert!(get(&after, denied) > get(&before, denied), "{after:#?}");
+            assert!(get(&after, "egressd_containers{state=\"enforced\"}") >= 2.0);
+            assert!(get(&after, "egressd_apply_duration_seconds_count") >= 2.0);
+            let dns =
+                "egressd_dns_queries_total{container=\"egressd-e2e-evpx\",verdict=\"refused\"}";
+            assert!(get(&after, dns) >= 1.0, "{after:#?}");
+        },
+    );
+
+    scenario(
+        "limit label: connections beyond the budget are rejected by the kernel and reported",
+        || {
+            fx.agent(
+                "egressd-e2e-limit",
+                &[
+                    ("egressd.profiles", "openai"),
+                    ("egressd.limit", "conn:3/minute"),
+                ],
+            );
+            let tries: Vec<bool> = (0..5)
+                .map(|_| fx.connects("egressd-e2e-limit", &api, 443))
+                .collect();
+            assert_eq!(tries, [true, true, true, false, false], "conn:3/minute");
+            let e = fx.wait_event("egressd-e2e-limit", |e| e.kind == EventKind::Limit);
+            assert_eq!(e.dst.map(|a| a.to_string()), Some(api.clone()));
+            assert_eq!(e.domains, vec!["api.openai.com".to_string()]);
+            let c = fx.container_status("egressd-e2e-limit").unwrap();
+            assert!(c.limited_packets >= 2, "{c:?}");
+            assert!(fx.daemon_log().contains("over budget"));
+        },
+    );
+
+    scenario(
+        "anomaly: a flow sending more than bytes_per_flow is reported once, not cut",
+        || {
+            let sink = fx.ip(12);
+            fx.agent(
+                "egressd-e2e-big",
+                &[("egressd.allow", &format!("{sink}:9000"))],
+            );
+            let (ok, out) = fx.exec(
+                "egressd-e2e-big",
+                &format!("head -c 600000 /dev/zero | nc {sink} 9000 && echo SENT"),
+            );
+            assert!(ok && out.contains("SENT"), "transfer to the sink: {out}");
+            let e = fx.wait_event("egressd-e2e-big", |e| e.kind == EventKind::AnomalyFlow);
+            assert_eq!(e.dst.map(|a| a.to_string()), Some(sink.clone()));
+            assert_eq!(e.port, Some(9000));
+            let c = fx.container_status("egressd-e2e-big").unwrap();
+            let n = c
+                .events
+                .iter()
+                .filter(|e| e.kind == EventKind::AnomalyFlow)
+                .count();
+            assert_eq!(n, 1, "one warning per flow: {:?}", c.events);
+            let host = c.hosts.iter().find(|h| h.host == sink).unwrap();
+            assert!(host.bytes >= 600_000, "per-host bytes: {host:?}");
+        },
+    );
 
     scenario(
         "bad allow label or unknown profile quarantines, and status says why",
@@ -1361,6 +1566,13 @@ fn proxy_scenarios(fx: &mut Fixture) {
             );
             let c = fx.container_status("egressd-e2e-px-tun").unwrap();
             assert!(c.dns.as_ref().is_some_and(|d| d.refused >= 200), "{c:?}");
+            let tunnel: Vec<&Event> = c
+                .events
+                .iter()
+                .filter(|e| e.kind == EventKind::DnsTunnel)
+                .collect();
+            assert_eq!(tunnel.len(), 1, "one tunnelling warning: {:?}", c.events);
+            assert_eq!(tunnel[0].name.as_deref(), Some("evil.test"));
             // The allowed name still resolves.
             assert_eq!(
                 fx.lookup("egressd-e2e-px-tun", "api.openai.com", None),

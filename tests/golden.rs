@@ -1,6 +1,7 @@
 //! Golden tests: labels + shipped profiles + resolved addresses → the `nft` text of the table.
 //! Each case is a folder in tests/golden/ with `labels` (KEY=VALUE lines), `resolved`
-//! (NAME ADDRESS SECONDS lines) and `expected.nft`. No kernel, no Docker.
+//! (NAME ADDRESS SECONDS lines), optionally `config` (TOML), and `expected.nft`. No kernel,
+//! no Docker.
 //! Run with EGRESSD_BLESS=1 to rewrite `expected.nft` after a deliberate change.
 
 use std::collections::BTreeMap;
@@ -15,9 +16,15 @@ fn root() -> PathBuf {
 }
 
 fn render(case: &Path) -> String {
+    // An optional `config` file (TOML) in the case; the shipped profiles either way.
+    let config_path = case.join("config");
+    let base = match std::fs::read_to_string(&config_path) {
+        Ok(text) => Config::parse(&config_path, &text).expect("valid config"),
+        Err(_) => Config::default(),
+    };
     let config = Config {
         profile_dirs: vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")],
-        ..Config::default()
+        ..base
     };
     let profiles = config.load_profiles();
     assert!(profiles.errors().is_empty(), "shipped profiles are valid");
@@ -48,7 +55,9 @@ fn render(case: &Path) -> String {
             });
     }
     let policy = policy::compile(&labels, &config, &profiles).expect("opted in");
-    let rs = Ruleset::from_policy(&policy, &resolved, LogSettings::default());
+    let mut rs = Ruleset::from_policy(&policy, &resolved, LogSettings::default());
+    // As the daemon does: the config's warn-only thresholds (not in a quarantine).
+    rs.anomaly = config.anomaly.clone();
     let mut out = String::new();
     if policy.is_quarantined() {
         for e in &policy.errors {

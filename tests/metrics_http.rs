@@ -355,6 +355,7 @@ async fn kernel_counters_read_back_from_a_real_table_end_up_in_a_scrape() {
         }],
         dns_redirect: None,
         limits: Default::default(),
+        anomaly: Default::default(),
     };
     fw.apply(&rs).unwrap();
     // Real traffic: 20 round trips allowed, two connections denied.

@@ -22,6 +22,7 @@ fn ruleset() -> Ruleset {
         addrs: Vec::new(),
         dns_redirect: None,
         limits: Default::default(),
+        anomaly: Default::default(),
     }
 }
 

@@ -22,6 +22,7 @@ fn ruleset(limits: &str) -> Ruleset {
         addrs: Vec::new(),
         dns_redirect: None,
         limits: parse_limits(limits).expect("valid limits"),
+        anomaly: Default::default(),
     }
 }
 

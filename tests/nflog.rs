@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::Pair;
 use egressd::firewall::{AddrElem, LogSettings, NsFirewall, Ruleset};
 use egressd::nflog::{LogKind, NflogError, NflogEvent, NflogReader, NflogSocket};
+use egressd::policy::config::AnomalyConfig;
 use egressd::policy::limit::parse_limits;
 use egressd::policy::{Mode, Proto};
 
@@ -26,6 +28,7 @@ fn ruleset() -> Ruleset {
         addrs: Vec::new(),
         dns_redirect: None,
         limits: Default::default(),
+        anomaly: Default::default(),
     }
 }
 
@@ -180,6 +183,85 @@ async fn over_budget_and_report_mode_have_their_own_prefixes() {
             .all(|e| e.kind == LogKind::Report && e.dport == Some(8080)),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn anomaly_thresholds_warn_once_per_big_flow_and_on_a_connection_burst_and_reject_nothing() {
+    let pair = Pair::with_prefix("egobs-");
+    pair.tcp_echo(443);
+    let fw = NsFirewall::open(&pair.client).unwrap();
+    let mut rs = ruleset();
+    rs.anomaly = AnomalyConfig {
+        new_connections_per_minute: Some(3),
+        bytes_per_flow: Some(20_000),
+    };
+    rs.addrs.push(addr(pair.v4(1), Proto::Tcp, 443));
+    fw.apply(&rs).unwrap();
+    fw.verify(&rs).unwrap();
+    let mut r = reader(&pair);
+
+    // A small flow: no warning.
+    pair.tcp_roundtrip(pair.v4(1), 443).unwrap();
+    let (events, _) = drain(&mut r, Duration::from_millis(500)).await;
+    assert!(events.is_empty(), "small flow logged: {events:?}");
+
+    // One flow sends 100 kB (five times the threshold): one warning for it, and every byte
+    // comes back (the rule has no verdict).
+    let mut s = pair.connect(pair.v4(1), 443).unwrap();
+    let chunk = [7u8; 2000];
+    let mut back = [0u8; 2000];
+    for _ in 0..50 {
+        s.write_all(&chunk).unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, chunk);
+    }
+    drop(s);
+    let (events, _) = drain(&mut r, Duration::from_millis(700)).await;
+    let kinds: Vec<(LogKind, Option<u16>)> = events.iter().map(|e| (e.kind, e.dport)).collect();
+    assert_eq!(kinds, vec![(LogKind::AnomalyFlow, Some(443))], "{events:?}");
+    assert_eq!(events[0].prefix, "egressd-anomaly-flow ");
+    assert_eq!(events[0].dst, pair.v4(1));
+
+    // Eight new connections in a burst (two were made above; the threshold is 3 a minute):
+    // every one works, and the burst is reported.
+    for i in 0..8 {
+        pair.tcp_roundtrip(pair.v4(1), 443)
+            .unwrap_or_else(|e| panic!("connection {i} over the warning threshold failed: {e}"));
+    }
+    let (events, _) = drain(&mut r, Duration::from_millis(700)).await;
+    assert!(!events.is_empty(), "no warning for 10 connections a minute");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == LogKind::AnomalyConn && e.dport == Some(443)),
+        "{events:?}"
+    );
+    // The kernel rate-limits the warning itself: one a second.
+    assert!(events.len() <= 3, "{} warnings", events.len());
+    let c = fw.counters().unwrap();
+    assert_eq!(c.denied_packets, 0, "a warning threshold rejected traffic");
+    assert_eq!(c.allowed_packets, 10);
+}
+
+#[test]
+fn the_anomaly_rules_written_by_netlink_list_as_their_text_form_does() {
+    let mut rs = ruleset();
+    rs.anomaly = AnomalyConfig {
+        new_connections_per_minute: Some(120),
+        bytes_per_flow: Some(100_000_000),
+    };
+    let by_engine = Pair::with_prefix("egobs-");
+    NsFirewall::open(&by_engine.client)
+        .unwrap()
+        .apply(&rs)
+        .unwrap();
+    let by_text = Pair::with_prefix("egobs-");
+    by_text.nft_file(&rs.to_string());
+    let list = |p: &Pair| p.nft(&["list", "chain", "inet", "egressd", "output"]);
+    let (a, b) = (list(&by_engine), list(&by_text));
+    assert_eq!(a, b);
+    assert!(a.contains("ct original bytes > 100000000"), "{a}");
+    assert!(a.contains("log prefix \"egressd-anomaly-conn \""), "{a}");
 }
 
 #[test]

@@ -331,11 +331,16 @@ mod tests {
                 hosts: vec![],
                 allowed_packets: 0,
                 denied_packets: 0,
+                denied_bytes: 0,
+                limited_packets: 0,
                 errors: vec!["e1".into()],
                 last_error: Some("e2".into()),
                 dns_mode: "resolve".into(),
                 resolved: vec![],
                 dns: None,
+                events: vec![],
+                events_suppressed: 0,
+                events_error: None,
             }],
         };
         assert_eq!(daemon_view(Some(&status), "zzz"), Daemon::Untracked);

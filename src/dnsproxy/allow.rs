@@ -125,6 +125,19 @@ pub enum Refusal {
     Forbidden,
 }
 
+impl Refusal {
+    /// In words, for logs and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NotAllowed => "name not allowed",
+            Refusal::Quarantined => "container quarantined",
+            Refusal::NotImplemented => "not a standard query",
+            Refusal::Malformed => "malformed query",
+            Refusal::Forbidden => "forbidden query (zone transfer, class, or a forwarding loop)",
+        }
+    }
+}
+
 /// The decision for one query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<'a> {

@@ -14,13 +14,15 @@
 //! Any failure on the way (upstream timeout, a kernel error) gives SERVFAIL, never an answer
 //! whose addresses are not in the sets.
 //!
-//! Layout: [`allow`] and [`answer`] are pure; [`learned`] is pure bookkeeping; [`exchange`]
-//! talks to servers; this file holds the per-container proxy and its listeners.
+//! Layout: [`allow`] and [`answer`] are pure; [`learned`] is pure bookkeeping; [`tunnel`]
+//! (pure) flags query patterns that look like DNS tunnelling; [`exchange`] talks to servers;
+//! this file holds the per-container proxy and its listeners.
 
 pub mod allow;
 pub mod answer;
 pub mod exchange;
 pub mod learned;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::io;
@@ -40,6 +42,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::events::{Event, EventKind, Recent};
 use crate::firewall::{
     AddrElem, DnsRedirect, FirewallError, Netns, NsFirewall, PROXY_SOCKET_MARK, ProxyPorts,
 };
@@ -49,6 +52,7 @@ use allow::{Allowlist, Decision, Refusal, Route};
 use answer::{FilterSettings, filter_reply};
 use exchange::{ExchangeError, Forwarder, MAX_MESSAGE, UdpExchange, Verdict};
 use learned::{Learned, Lifetimes};
+use tunnel::TunnelDetector;
 
 /// Docker's embedded resolver, inside a container's namespace.
 pub const DOCKER_DNS: SocketAddr =
@@ -205,6 +209,10 @@ pub struct ContainerProxy {
     redirect: DnsRedirect,
     pub stats: Stats,
     log_limit: Mutex<LogLimit>,
+    /// The last DNS events (refusals that were logged, tunnelling warnings) for `status`.
+    recent: Mutex<Recent>,
+    /// Watches every queried name for tunnelling-like patterns (a warning, not a verdict).
+    tunnel: Mutex<TunnelDetector>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -331,6 +339,8 @@ impl ContainerProxy {
             redirect,
             stats: Stats::default(),
             log_limit: Mutex::new(LogLimit::new()),
+            recent: Mutex::new(Recent::default()),
+            tunnel: Mutex::new(TunnelDetector::default()),
             tasks: Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::new();
@@ -439,6 +449,28 @@ impl ContainerProxy {
         lock(&self.log_limit).allow(Instant::now())
     }
 
+    /// The last DNS events of this container (oldest first).
+    pub fn recent_events(&self) -> Recent {
+        lock(&self.recent).clone()
+    }
+
+    /// Feeds a queried name to the tunnelling detector; a suspicion is logged (warn) and kept
+    /// as an event. At most one per parent domain, reason and minute, so no rate limit.
+    fn watch(&self, name: &str) {
+        let found = lock(&self.tunnel).observe(name, Instant::now().into_std());
+        let Some(s) = found else { return };
+        let window = lock(&self.tunnel).settings().window;
+        let detail = s.describe(window);
+        tracing::warn!(container = %self.container, id = %self.short_id, parent = %s.parent(),
+            name = %name, event = "dns-tunnel", "{detail}");
+        lock(&self.recent).push(Event::dns(
+            EventKind::DnsTunnel,
+            s.parent(),
+            detail,
+            std::time::SystemTime::now(),
+        ));
+    }
+
     /// Answers one query (raw bytes); `None` means no answer at all (not even a header).
     pub async fn handle(&self, query: &[u8], client: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
@@ -453,6 +485,9 @@ impl ContainerProxy {
         let decision = allow::decide(&allow, &msg, self.embedded.is_some());
         let (route, name, would_refuse) = match decision {
             Decision::Refuse { name, why } => {
+                if let Some(n) = name.as_deref() {
+                    self.watch(n);
+                }
                 return Some(self.refuse(&msg, name.as_deref(), why));
             }
             Decision::Forward {
@@ -462,6 +497,7 @@ impl ContainerProxy {
                 ..
             } => (route, name, would_refuse),
         };
+        self.watch(&name);
         let Some(q) = msg.queries().first().cloned() else {
             return Some(self.refuse(&msg, None, Refusal::Malformed));
         };
@@ -652,9 +688,25 @@ impl ContainerProxy {
             Refusal::Forbidden => ResponseCode::Refused,
         };
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.log_allowed() {
-            tracing::info!(container = %self.container, id = %self.short_id,
-                name = name.unwrap_or("-"), reason = ?why, suppressed, "DNS query refused");
+        let name = name.unwrap_or("-");
+        match self.log_allowed() {
+            Some(suppressed) => {
+                let qtype = msg
+                    .queries()
+                    .first()
+                    .map(|q| q.query_type().to_string())
+                    .unwrap_or_default();
+                tracing::info!(container = %self.container, id = %self.short_id,
+                    name = %name, qtype = %qtype, reason = why.as_str(), suppressed,
+                    event = "dns-refused", "DNS query refused");
+                lock(&self.recent).push(Event::dns(
+                    EventKind::DnsRefused,
+                    name,
+                    format!("{} ({qtype})", why.as_str()),
+                    std::time::SystemTime::now(),
+                ));
+            }
+            None => lock(&self.recent).add_suppressed(1),
         }
         error_reply(msg, code)
     }

@@ -962,6 +962,36 @@ impl Expr {
             .with(sys::NFTNL_EXPR_LIMIT_FLAGS, Val::U32(NFT_LIMIT_F_INV))
     }
 
+    /// `sreg > data` (unsigned, big-endian data: see [`Expr::hton64`]).
+    pub fn cmp_gt(sreg: u32, data: &[u8]) -> Self {
+        Expr::new(c"cmp")
+            .with(sys::NFTNL_EXPR_CMP_SREG, Val::U32(sreg))
+            .with(sys::NFTNL_EXPR_CMP_OP, Val::U32(libc::NFT_CMP_GT as u32))
+            .with(sys::NFTNL_EXPR_CMP_DATA, Val::Data(data.to_vec()))
+    }
+
+    /// `ct original KEY` (a per-direction key such as bytes or packets) loaded into `dreg`.
+    pub fn ct_load_original(key: u32, dreg: u32) -> Self {
+        Expr::new(c"ct")
+            .with(sys::NFTNL_EXPR_CT_KEY, Val::U32(key))
+            .with(sys::NFTNL_EXPR_CT_DREG, Val::U32(dreg))
+            .with(sys::NFTNL_EXPR_CT_DIR, Val::U8(0)) // IP_CT_DIR_ORIGINAL
+    }
+
+    /// Turns the 64-bit host-order value in `reg` into network order, so `cmp gt` (which
+    /// compares bytes) compares numbers. `nft` does the same for `ct bytes > N`.
+    pub fn hton64(reg: u32) -> Self {
+        Expr::new(c"byteorder")
+            .with(sys::NFTNL_EXPR_BYTEORDER_SREG, Val::U32(reg))
+            .with(sys::NFTNL_EXPR_BYTEORDER_DREG, Val::U32(reg))
+            .with(
+                sys::NFTNL_EXPR_BYTEORDER_OP,
+                Val::U32(libc::NFT_BYTEORDER_HTON as u32),
+            )
+            .with(sys::NFTNL_EXPR_BYTEORDER_LEN, Val::U32(8))
+            .with(sys::NFTNL_EXPR_BYTEORDER_SIZE, Val::U32(8))
+    }
+
     /// `jump CHAIN`.
     pub fn jump(chain: &CStr) -> Self {
         Expr::new(c"immediate")

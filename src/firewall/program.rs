@@ -467,6 +467,38 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
                 Expr::jump(&cstr(ruleset::BUDGET_CHAIN_NAME)),
             ]
         }
+        // ct state new th dport != 53 limit rate over N/minute burst N packets
+        //   limit rate 1/second burst 1 packets log prefix "egressd-anomaly-conn " group G
+        ChainRule::AnomalyConn { per_minute } => {
+            const CT_STATE_NEW: u32 = 1 << 3; // NF_CT_STATE_BIT(IP_CT_NEW)
+            vec![
+                Expr::ct_load(libc::NFT_CT_STATE as u32, REG_1),
+                Expr::bitwise(REG_1, CT_STATE_NEW, 0),
+                Expr::cmp_neq(REG_1, &0u32.to_ne_bytes()),
+                Expr::payload(TRANSPORT, 2, 2, REG_1),
+                Expr::cmp_neq(REG_1, &ruleset::DNS_PORT.to_be_bytes()),
+                Expr::limit_over_packets(u64::from(per_minute), 60, per_minute),
+                Expr::limit_per_second(1, 1),
+                Expr::log_group(rs.log.group, &cstr(ruleset::LOG_PREFIX_ANOMALY_CONN)),
+            ]
+        }
+        // ct original bytes > N ct mark & FLAG == 0 limit rate R/second burst B packets
+        //   ct mark set ct mark | FLAG log prefix "egressd-anomaly-flow " group G
+        // (The kernel turns on conntrack accounting in the namespace when it loads a rule
+        // that reads `ct bytes`.)
+        ChainRule::AnomalyFlowBytes { bytes } => vec![
+            Expr::ct_load_original(libc::NFT_CT_BYTES as u32, REG_1),
+            Expr::hton64(REG_1),
+            Expr::cmp_gt(REG_1, &bytes.to_be_bytes()),
+            Expr::ct_load(libc::NFT_CT_MARK as u32, REG_1),
+            Expr::bitwise(REG_1, ruleset::FLOW_LOGGED_MARK, 0),
+            Expr::cmp_eq(REG_1, &0u32.to_ne_bytes()),
+            Expr::limit_per_second(u64::from(rs.log.rate_per_second), rs.log.burst),
+            Expr::ct_load(libc::NFT_CT_MARK as u32, REG_1),
+            Expr::bitwise(REG_1, !ruleset::FLOW_LOGGED_MARK, ruleset::FLOW_LOGGED_MARK),
+            Expr::ct_store(libc::NFT_CT_MARK as u32, REG_1),
+            Expr::log_group(rs.log.group, &cstr(ruleset::LOG_PREFIX_ANOMALY_FLOW)),
+        ],
     }
 }
 

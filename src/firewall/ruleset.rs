@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use crate::policy::config::AnomalyConfig;
 use crate::policy::limit::{Limits, Period};
 use crate::policy::{ContainerPolicy, Host, Mode, PortRange, Proto};
 
@@ -59,6 +60,15 @@ pub const LOG_PREFIX_REPORT: &str = "egressd-report ";
 pub const LOG_PREFIX_LIMIT: &str = "egressd-limit ";
 /// Prefix of NFLOG messages for packets over a budget in report mode (not rejected).
 pub const LOG_PREFIX_LIMIT_REPORT: &str = "egressd-limit-report ";
+/// Prefix of NFLOG messages for a container opening new connections faster than
+/// `[anomaly] new_connections_per_minute` (a warning: nothing is rejected).
+pub const LOG_PREFIX_ANOMALY_CONN: &str = "egressd-anomaly-conn ";
+/// Prefix of NFLOG messages for a flow that sent more than `[anomaly] bytes_per_flow` (once
+/// per flow; nothing is rejected).
+pub const LOG_PREFIX_ANOMALY_FLOW: &str = "egressd-anomaly-flow ";
+/// The conntrack mark bit set on a flow once it was logged for sending more than
+/// `bytes_per_flow`, so each flow is logged once.
+pub const FLOW_LOGGED_MARK: u32 = 0x0200_0000;
 /// The regular chain that over-budget packets jump to (only when the table has budgets).
 pub const BUDGET_CHAIN_NAME: &str = "budget";
 /// DNS (port 53) does not count against the connection budget: every query is a new flow,
@@ -204,6 +214,8 @@ pub struct Ruleset {
     pub dns_redirect: Option<DnsRedirect>,
     /// Budgets (`limit` label), enforced in the kernel by the `budget` chain.
     pub limits: Limits,
+    /// Warn-only thresholds (`[anomaly]` in the config): logged to NFLOG, never rejected.
+    pub anomaly: AnomalyConfig,
 }
 
 /// One rule of the output chain. Both the `nft` text and the netlink expressions are
@@ -239,6 +251,14 @@ pub enum ChainRule {
     BudgetBytes { rate: u64, burst: u32 },
     /// `ct state new th dport != 53 limit rate over COUNT/PERIOD burst COUNT packets jump budget`
     BudgetConn { count: u32, per: Period },
+    /// `ct state new th dport != 53 limit rate over N/minute burst N packets
+    ///  limit rate 1/second burst 1 packets log prefix "egressd-anomaly-conn " group G`:
+    /// no verdict, the packet goes on to the next rule.
+    AnomalyConn { per_minute: u32 },
+    /// `ct original bytes > N ct mark & FLAG == 0 limit rate R/second burst B packets
+    ///  ct mark set ct mark | FLAG log prefix "egressd-anomaly-flow " group G`: logs each
+    /// flow once when it has sent more than N bytes; no verdict.
+    AnomalyFlowBytes { bytes: u64 },
 }
 
 /// One rule of the `budget` chain, which over-budget packets jump to.
@@ -265,6 +285,7 @@ impl Ruleset {
             addrs: Vec::new(),
             dns_redirect: None,
             limits: Limits::default(),
+            anomaly: AnomalyConfig::default(),
         }
     }
 
@@ -318,6 +339,7 @@ impl Ruleset {
             addrs,
             dns_redirect: None,
             limits: policy.limits,
+            anomaly: AnomalyConfig::default(),
         };
         rs.normalize();
         rs
@@ -341,6 +363,11 @@ impl Ruleset {
         // stops in the first rules (the hot path, measured in scripts/bench-datapath.sh).
         let mut rules = Vec::new();
         let budgets = self.budgets();
+        // A warning about a big flow must see every packet of it, so it comes first; it has
+        // no verdict (the packet goes on) and costs one conntrack compare per packet.
+        if let Some(bytes) = self.anomaly.bytes_per_flow.filter(|_| !self.quarantined) {
+            rules.push(ChainRule::AnomalyFlowBytes { bytes });
+        }
         // A byte budget must see approved flows too, so it goes before them.
         if let Some(b) = budgets.bytes {
             let (rate, burst) = b.per_second();
@@ -369,7 +396,14 @@ impl Ruleset {
                 .iter()
                 .map(|(t, _)| ChainRule::AcceptIcmpv6(*t)),
         );
-        // New flows are counted against the connection budget before the policy accepts them.
+        // New flows are counted (warning first, then budget) before the policy decides.
+        if let Some(per_minute) = self
+            .anomaly
+            .new_connections_per_minute
+            .filter(|_| !self.quarantined)
+        {
+            rules.push(ChainRule::AnomalyConn { per_minute });
+        }
         if let Some(c) = budgets.conn {
             rules.push(ChainRule::BudgetConn {
                 count: c.count,
@@ -692,6 +726,14 @@ impl fmt::Display for ChainRule {
                 "ct state new th dport != {DNS_PORT} limit rate over {count}/{} burst {count} packets jump {BUDGET_CHAIN_NAME}",
                 per.as_str()
             ),
+            ChainRule::AnomalyConn { per_minute } => write!(
+                f,
+                "ct state new th dport != {DNS_PORT} limit rate over {per_minute}/minute burst {per_minute} packets limit rate 1/second burst 1 packets log prefix \"{LOG_PREFIX_ANOMALY_CONN}\""
+            ),
+            ChainRule::AnomalyFlowBytes { bytes } => write!(
+                f,
+                "ct original bytes > {bytes} ct mark & {FLOW_LOGGED_MARK:#010x} == 0x00000000 log prefix \"{LOG_PREFIX_ANOMALY_FLOW}\""
+            ),
         }
     }
 }
@@ -828,6 +870,16 @@ impl fmt::Display for Ruleset {
                     self.log.burst,
                     self.log_prefix(),
                     self.log.group
+                )?,
+                ChainRule::AnomalyConn { per_minute } => writeln!(
+                    f,
+                    "\t\tct state new th dport != {DNS_PORT} limit rate over {per_minute}/minute burst {per_minute} packets limit rate 1/second burst 1 packets log prefix \"{LOG_PREFIX_ANOMALY_CONN}\" group {}",
+                    self.log.group
+                )?,
+                ChainRule::AnomalyFlowBytes { bytes } => writeln!(
+                    f,
+                    "\t\tct original bytes > {bytes} ct mark & {FLOW_LOGGED_MARK:#010x} == 0x00000000 limit rate {}/second burst {} packets ct mark set ct mark | {FLOW_LOGGED_MARK:#010x} log prefix \"{LOG_PREFIX_ANOMALY_FLOW}\" group {}",
+                    self.log.rate_per_second, self.log.burst, self.log.group
                 )?,
                 other => writeln!(f, "\t\t{other}")?,
             }

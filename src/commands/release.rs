@@ -86,9 +86,9 @@ pub enum ReleaseError {
 pub fn release_netns(netns: &Netns, dry_run: bool) -> Result<Outcome, ReleaseError> {
     let fw = match NsFirewall::open(netns) {
         Ok(fw) => fw,
-        Err(FirewallError::Open { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        // The process exited, or the bind mount went (Docker unmounts a sandbox before it
+        // removes the file) since the namespace was listed.
+        Err(FirewallError::Open { .. }) if !netns::is_namespace(netns.path()) => {
             return Ok(Outcome::Gone);
         }
         Err(e) => return Err(e.into()),
@@ -191,13 +191,18 @@ fn targets(args: &ReleaseArgs) -> Result<Vec<Target>, String> {
         .netns
         .iter()
         .map(|p| {
-            if p.exists() {
+            if !p.exists() {
+                Err(format!("--netns {}: no such file", p.display()))
+            } else if !netns::is_namespace(p) {
+                Err(format!(
+                    "--netns {}: not a namespace (not on nsfs)",
+                    p.display()
+                ))
+            } else {
                 Ok(Target {
                     netns: Netns::new(p),
                     what: "given by path".into(),
                 })
-            } else {
-                Err(format!("--netns {}: no such file", p.display()))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -248,6 +253,17 @@ fn container_targets(docker_socket: &str, names: &[String]) -> Result<Vec<Target
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_left_where_a_namespace_was_is_gone_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("0a1a7e8d44c5");
+        std::fs::write(&stale, "").unwrap();
+        assert_eq!(
+            release_netns(&Netns::new(&stale), false).unwrap(),
+            Outcome::Gone
+        );
+    }
 
     #[test]
     fn a_missing_namespace_is_gone_not_an_error() {
@@ -303,5 +319,14 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("--netns") && err.contains("nope"), "{err}");
+        std::fs::write(dir.path().join("plain"), "").unwrap();
+        let err = targets(&ReleaseArgs {
+            netns: vec![dir.path().join("plain")],
+            config: Some(dir.path().join("config.toml")),
+            socket: Some(dir.path().join("none.sock")),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("not a namespace"), "{err}");
     }
 }

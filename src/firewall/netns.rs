@@ -96,6 +96,11 @@ pub fn list_all() -> io::Result<Vec<FoundNetns>> {
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for path in paths {
+            // Docker leaves files behind whose bind mount is gone (and unmounts before it
+            // unlinks): only a file on nsfs is a namespace.
+            if !is_namespace(&path) {
+                continue;
+            }
             if let Ok(m) = std::fs::metadata(&path) {
                 let seen_as = path.display().to_string();
                 candidates.push((Netns::new(path), (m.dev(), m.ino()), seen_as));
@@ -120,6 +125,13 @@ pub fn list_all() -> io::Result<Vec<FoundNetns>> {
         }
     }
     Ok(dedup(candidates))
+}
+
+/// Whether `path` is a namespace (a file on nsfs: a bind mount or `/proc/PID/ns/*`), not a
+/// plain file left where a namespace was mounted.
+pub fn is_namespace(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Keeps the first entry of each namespace identity, in order.
@@ -166,6 +178,16 @@ mod tests {
                 Path::new("/proc/78/ns/net")
             ]
         );
+    }
+
+    #[test]
+    fn only_nsfs_files_are_namespaces() {
+        assert!(is_namespace(Path::new("/proc/self/ns/net")));
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("0a1a7e8d44c5");
+        std::fs::write(&stale, "").unwrap();
+        assert!(!is_namespace(&stale));
+        assert!(!is_namespace(&dir.path().join("missing")));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 #   agent-none    egressd.enable=true, no rules     -> may reach nothing but its DNS
 # The script prints each attempt as ALLOWED or DENIED, then `egressd status`, and cleans up.
 # Set EGRESSD_DEMO_KEEP=1 to leave it all running (stop it with scripts/demo.sh --cleanup).
+# EGRESSD_BIN=PATH runs that egressd binary instead of building one, and
+# EGRESSD_DAEMON_WRAP="CMD ARGS..." runs the daemon under a wrapper: scripts/test-packaging.sh
+# uses both to run the installed binary with only the unit's capabilities.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/setup.sh
@@ -34,9 +37,16 @@ cleanup
 [ "${EGRESSD_DEMO_KEEP:-}" = 1 ] || trap cleanup EXIT
 mkdir -p "$WORK"
 
-log "building egressd (release)"
-cargo build --release --quiet --bin egressd --example fake_dns
-BIN=target/release/egressd
+if [ -n "${EGRESSD_BIN:-}" ]; then
+  BIN=$EGRESSD_BIN
+  log "using $BIN; building the fake DNS server"
+  cargo build --release --quiet --example fake_dns
+else
+  log "building egressd (release)"
+  cargo build --release --quiet --bin egressd --example fake_dns
+  BIN=target/release/egressd
+fi
+read -ra WRAP <<< "${EGRESSD_DAEMON_WRAP:-}"
 
 log "building the $IMAGE image FROM scratch with busybox"
 cp /bin/busybox "$WORK/busybox"
@@ -72,7 +82,7 @@ socket = "$WORK/egressd.sock"
 listen = "127.0.0.1:$METRICS_PORT"
 EOF
 log "starting egressd run (log: $WORK/egressd.log)"
-"$BIN" run --config "$WORK/config.toml" > "$WORK/egressd.log" 2>&1 &
+"${WRAP[@]}" "$BIN" run --config "$WORK/config.toml" > "$WORK/egressd.log" 2>&1 &
 echo $! > "$WORK/egressd.pid"
 for _ in $(seq 100); do "$BIN" status --socket "$WORK/egressd.sock" >/dev/null 2>&1 && break; sleep 0.1; done
 

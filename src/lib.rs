@@ -15,9 +15,11 @@
 //! - [`audit`]: hardening checks of running containers (pure): inspect facts → findings.
 //! - [`nflog`]: the packets the table logs (denied, over budget), read inside each netns.
 //! - [`metrics`]: Prometheus metrics (kernel counters as snapshots) and the `/metrics` server.
+//! - [`cli`]: the command line (clap), shared by `main.rs` and the man pages/completions.
 //! - [`commands`]: one file per CLI verb; `main.rs` only dispatches.
 
 pub mod audit;
+pub mod cli;
 pub mod commands;
 pub mod control;
 pub mod daemon;

@@ -121,3 +121,37 @@ fn check_config_accepts_the_shipped_files() {
         "{out}"
     );
 }
+
+/// The labels of docs/examples/docker-compose.yml compile, with the shipped profiles, to a
+/// policy that is not quarantined and allows the sibling by its service name.
+#[test]
+fn compose_example_labels_compile() {
+    let text = std::fs::read_to_string(repo("docs/examples/docker-compose.yml")).unwrap();
+    let labels: BTreeMap<String, String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("egressd."))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            Some((k.to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect();
+    assert_eq!(
+        labels.keys().collect::<Vec<_>>(),
+        [
+            "egressd.allow",
+            "egressd.enable",
+            "egressd.limit",
+            "egressd.profiles"
+        ]
+    );
+    let cfg = Config::default();
+    let set = ProfileSet::load_dirs(&[repo("profiles")], &cfg.rule_options());
+    let policy = compile(&labels, &cfg, &set).unwrap();
+    assert!(!policy.is_quarantined(), "{policy}");
+    let rules: Vec<String> = policy.rules.iter().map(ToString::to_string).collect();
+    assert!(
+        rules.contains(&"qdrant 6333/tcp  (from label egressd.allow)".to_string()),
+        "{rules:#?}"
+    );
+}

@@ -9,6 +9,10 @@ EGRESSD_PACKAGES=(
   ca-certificates procps
 )
 
+# Extra packages of the packaging tests (scripts/test-packaging.sh): `vagrant validate`, the
+# system-call trace of the capability-limited smoke run, and `man` for `systemd-analyze verify`.
+EGRESSD_PACKAGING_PACKAGES=(vagrant strace man-db)
+
 log() { printf '[egressd] %s\n' "$*" >&2; }
 
 require_root() {
@@ -18,17 +22,43 @@ require_root() {
   fi
 }
 
-ensure_packages() {
+# ensure_debs PKG...: installs those of the Debian packages that are missing.
+ensure_debs() {
   local missing=()
-  for p in "${EGRESSD_PACKAGES[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+}
+
+# Whether systemd is the init system here (PID 1), so that systemctl can be used.
+systemd_running() {
+  [ -d /run/systemd/system ]
+}
+
+# Makes dockerd re-read daemon.json (runtimes): `systemctl reload docker` under systemd, or
+# SIGHUP to the pid in dockerd's pid file.
+reload_dockerd() {
+  if systemd_running && systemctl is-active --quiet docker 2>/dev/null; then
+    systemctl reload docker
+  elif [ -s /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    kill -HUP "$(cat /var/run/docker.pid)"
+  else
+    log "dockerd is not running: it reads /etc/docker/daemon.json when it starts"
+  fi
+}
+
+ensure_packages() {
+  ensure_debs "${EGRESSD_PACKAGES[@]}"
+  ensure_cargo
+}
+
+ensure_cargo() {
   if ! command -v cargo >/dev/null 2>&1; then
     if [ -x "$HOME/.cargo/bin/cargo" ]; then
       export PATH="$HOME/.cargo/bin:$PATH"

@@ -29,6 +29,9 @@ pub struct InstallRuntimeArgs {
     pub remove: bool,
 }
 
+/// dockerd's built-in runtime.
+const STOCK_RUNTIME: &str = "runc";
+
 /// The new `daemon.json` content (pure). `None` when nothing changes.
 pub fn merged(
     current: Option<&str>,
@@ -45,14 +48,15 @@ pub fn merged(
     let before = doc.clone();
     let obj = doc.as_object_mut().ok_or("not a JSON object")?;
     if remove {
+        // dockerd's reload (SIGHUP) only applies the keys present in the file: without a
+        // `runtimes` key it keeps the runtimes it has, and without `default-runtime` it keeps
+        // the default it has. So an emptied `runtimes` stays as `{}`, and a default that named
+        // the shim becomes runc (dockerd's own default) rather than disappearing.
         if let Some(rt) = obj.get_mut("runtimes").and_then(Value::as_object_mut) {
             rt.remove(name);
-            if rt.is_empty() {
-                obj.remove("runtimes");
-            }
         }
         if obj.get("default-runtime").and_then(Value::as_str) == Some(name) {
-            obj.remove("default-runtime");
+            obj.insert("default-runtime".into(), json!(STOCK_RUNTIME));
         }
     } else {
         let runtimes = obj
@@ -178,13 +182,15 @@ mod tests {
     fn default_runtime_and_removal() {
         let doc = m(None, true, false).unwrap().unwrap();
         assert_eq!(doc["default-runtime"], "egressd");
+        // Keys stay, so that dockerd's reload applies them: no runtimes, runc as the default.
         let removed = m(Some(&doc.to_string()), false, true).unwrap().unwrap();
-        assert_eq!(removed, json!({}));
-        // Removal leaves another default runtime alone.
-        let other = r#"{"default-runtime": "runc", "runtimes": {"egressd": {"path": "/x"}}}"#;
+        assert_eq!(removed, json!({"runtimes": {}, "default-runtime": "runc"}));
+        assert_eq!(m(Some(&removed.to_string()), false, true).unwrap(), None);
+        // Removal leaves other runtimes and another default runtime alone.
+        let other = r#"{"default-runtime": "gvisor", "runtimes": {"egressd": {"path": "/x"}, "gvisor": {"path": "/y"}}}"#;
         assert_eq!(
             m(Some(other), false, true).unwrap().unwrap(),
-            json!({"default-runtime": "runc"})
+            json!({"default-runtime": "gvisor", "runtimes": {"gvisor": {"path": "/y"}}})
         );
         assert_eq!(m(Some("{}"), false, true).unwrap(), None);
     }

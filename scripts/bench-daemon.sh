@@ -119,7 +119,7 @@ wait "${pids[@]}"
 wait_enforced "$BURST"
 status_json | jq '[.containers[] | select(.event_to_table_us != null) | .event_to_table_us / 1000] | sort' > "$WORK/lat.json"
 echo "1. start event -> table in place, burst of $BURST containers started at once (ms):"
-jq -r '"   n=\(length)  p50 \(.[(length*0.50|floor)] * 100 | round / 100)  p99 \(.[((length*0.99)|ceil) - 1] * 100 | round / 100)  max \(.[-1] * 100 | round / 100)  min \(.[0] * 100 | round / 100)"' "$WORK/lat.json"
+jq -r '"   n=\(length)  p50 \(.[(length*0.50|floor)] * 100 | round / 100)  p90 \(.[((length*0.90)|ceil) - 1] * 100 | round / 100)  p99 \(.[((length*0.99)|ceil) - 1] * 100 | round / 100)  max \(.[-1] * 100 | round / 100)  min \(.[0] * 100 | round / 100)  over 10 ms: \(map(select(. > 10)) | length)"' "$WORK/lat.json"
 # A single start on an idle daemon, for reference (20 sequential starts).
 for i in $(seq 20); do
   docker run -d --label egressd-bench=1 --label egressd.enable=true --label "$ALLOW" \

@@ -456,31 +456,30 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
         ],
         // ct state new th dport != 53 limit rate over N/PERIOD burst N packets jump budget
         ChainRule::BudgetConn { count, per } => {
-            const CT_STATE_NEW: u32 = 1 << 3; // NF_CT_STATE_BIT(IP_CT_NEW)
-            vec![
-                Expr::ct_load(libc::NFT_CT_STATE as u32, REG_1),
-                Expr::bitwise(REG_1, CT_STATE_NEW, 0),
-                Expr::cmp_neq(REG_1, &0u32.to_ne_bytes()),
-                Expr::payload(TRANSPORT, 2, 2, REG_1),
-                Expr::cmp_neq(REG_1, &ruleset::DNS_PORT.to_be_bytes()),
-                Expr::limit_over_packets(u64::from(count), per.seconds(), count),
-                Expr::jump(&cstr(ruleset::BUDGET_CHAIN_NAME)),
-            ]
+            let mut e = new_flow_not_dns();
+            e.push(Expr::limit_over_packets(
+                u64::from(count),
+                per.seconds(),
+                count,
+            ));
+            e.push(Expr::jump(&cstr(ruleset::BUDGET_CHAIN_NAME)));
+            e
         }
         // ct state new th dport != 53 limit rate over N/minute burst N packets
         //   limit rate 1/second burst 1 packets log prefix "egressd-anomaly-conn " group G
         ChainRule::AnomalyConn { per_minute } => {
-            const CT_STATE_NEW: u32 = 1 << 3; // NF_CT_STATE_BIT(IP_CT_NEW)
-            vec![
-                Expr::ct_load(libc::NFT_CT_STATE as u32, REG_1),
-                Expr::bitwise(REG_1, CT_STATE_NEW, 0),
-                Expr::cmp_neq(REG_1, &0u32.to_ne_bytes()),
-                Expr::payload(TRANSPORT, 2, 2, REG_1),
-                Expr::cmp_neq(REG_1, &ruleset::DNS_PORT.to_be_bytes()),
-                Expr::limit_over_packets(u64::from(per_minute), 60, per_minute),
-                Expr::limit_per_second(1, 1),
-                Expr::log_group(rs.log.group, &cstr(ruleset::LOG_PREFIX_ANOMALY_CONN)),
-            ]
+            let mut e = new_flow_not_dns();
+            e.push(Expr::limit_over_packets(
+                u64::from(per_minute),
+                60,
+                per_minute,
+            ));
+            e.push(Expr::limit_per_second(1, 1));
+            e.push(Expr::log_group(
+                rs.log.group,
+                &cstr(ruleset::LOG_PREFIX_ANOMALY_CONN),
+            ));
+            e
         }
         // ct original bytes > N ct mark & FLAG == 0 limit rate R/second burst B packets
         //   ct mark set ct mark | FLAG log prefix "egressd-anomaly-flow " group G
@@ -500,6 +499,19 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
             Expr::log_group(rs.log.group, &cstr(ruleset::LOG_PREFIX_ANOMALY_FLOW)),
         ],
     }
+}
+
+/// `ct state new th dport != 53`: the first packet of a flow that is not DNS (budgets and
+/// the connection-rate warning count these).
+fn new_flow_not_dns() -> Vec<Expr> {
+    const CT_STATE_NEW: u32 = 1 << 3; // NF_CT_STATE_BIT(IP_CT_NEW)
+    vec![
+        Expr::ct_load(libc::NFT_CT_STATE as u32, REG_1),
+        Expr::bitwise(REG_1, CT_STATE_NEW, 0),
+        Expr::cmp_neq(REG_1, &0u32.to_ne_bytes()),
+        Expr::payload(TRANSPORT, 2, 2, REG_1),
+        Expr::cmp_neq(REG_1, &ruleset::DNS_PORT.to_be_bytes()),
+    ]
 }
 
 /// `meta nfproto F; ip[6] daddr . meta l4proto . th dport @SET`: the family check first, so

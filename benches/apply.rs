@@ -29,7 +29,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use egressd::firewall::{AddrElem, LogSettings, Netns, NsFirewall, Ruleset, SetName};
-use egressd::policy::{Mode, Proto};
+use egressd::policy::Proto;
 
 /// The namespace and the temporary files; removed on drop (also while unwinding).
 struct Scratch {
@@ -123,14 +123,8 @@ fn elem(i: u32) -> AddrElem {
 
 fn ruleset(n: u32) -> Ruleset {
     let mut rs = Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
         addrs: (0..n).map(elem).collect(),
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
+        ..Ruleset::empty(LogSettings::default())
     };
     rs.normalize();
     rs

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use egressd::firewall::{AddrElem, LogSettings, Ruleset};
-use egressd::policy::{Mode, Proto};
+use egressd::policy::Proto;
 
 /// Filler element `i`: 10.100.0.0 + i, tcp 443, a timeout between 1 and 2 hours.
 fn filler(i: u32) -> AddrElem {
@@ -48,14 +48,8 @@ fn main() -> ExitCode {
         }
     }
     let mut rs = Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
         addrs: (0..n).map(filler).collect(),
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
+        ..Ruleset::empty(LogSettings::default())
     };
     for sa in allowed {
         for proto in [Proto::Tcp, Proto::Udp] {

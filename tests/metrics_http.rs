@@ -13,7 +13,7 @@ use egressd::metrics::{
     self, ContainerSample, ContainerState, DnsVerdict, HostTotals, HostTraffic, Metrics, Monotonic,
     ServerLimits,
 };
-use egressd::policy::{Mode, Proto};
+use egressd::policy::Proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -343,19 +343,13 @@ async fn kernel_counters_read_back_from_a_real_table_end_up_in_a_scrape() {
     pair.tcp_echo(8443);
     let fw = NsFirewall::open(&pair.client).unwrap();
     let rs = Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
         addrs: vec![AddrElem {
             addr: pair.v4(1),
             proto: Proto::Tcp,
             port: 443,
             timeout: Duration::from_secs(300),
         }],
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
+        ..Ruleset::empty(LogSettings::default())
     };
     fw.apply(&rs).unwrap();
     // Real traffic: 20 round trips allowed, two connections denied.

@@ -4,45 +4,19 @@
 
 mod common;
 
+fn ruleset() -> Ruleset {
+    Ruleset::empty(LogSettings::default())
+}
+
+use common::{addr_elem as addr, net_elem as net};
+
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use common::Pair;
-use egressd::firewall::{
-    AddrElem, CountedElem, ElementCounter, LogSettings, NetElem, NsFirewall, Ruleset, SetName,
-};
-use egressd::policy::{Mode, PortRange, Proto};
-
-fn ruleset() -> Ruleset {
-    Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
-        addrs: Vec::new(),
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
-    }
-}
-
-fn addr(ip: IpAddr, proto: Proto, port: u16, secs: u64) -> AddrElem {
-    AddrElem {
-        addr: ip,
-        proto,
-        port,
-        timeout: Duration::from_secs(secs),
-    }
-}
-
-fn net(cidr: &str, proto: Proto, first: u16, last: u16) -> NetElem {
-    NetElem {
-        net: cidr.parse().unwrap(),
-        proto,
-        ports: PortRange { first, last },
-    }
-}
+use egressd::firewall::{CountedElem, ElementCounter, LogSettings, NsFirewall, Ruleset, SetName};
+use egressd::policy::Proto;
 
 fn resolved(ip: IpAddr, proto: Proto, port: u16) -> CountedElem {
     CountedElem::Resolved {

@@ -3,6 +3,12 @@
 
 mod common;
 
+fn ruleset() -> Ruleset {
+    Ruleset::empty(LogSettings::default())
+}
+
+use common::{addr_elem as addr, net_elem as net};
+
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,38 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{Pair, echo, wait_until};
-use egressd::firewall::{AddrElem, LogSettings, NetElem, NsFirewall, Ruleset, SetName};
-use egressd::policy::{Mode, PortRange, Proto};
-
-fn ruleset() -> Ruleset {
-    Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
-        addrs: Vec::new(),
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
-    }
-}
-
-fn addr(ip: IpAddr, proto: Proto, port: u16, secs: u64) -> AddrElem {
-    AddrElem {
-        addr: ip,
-        proto,
-        port,
-        timeout: Duration::from_secs(secs),
-    }
-}
-
-fn net(cidr: &str, proto: Proto, first: u16, last: u16) -> NetElem {
-    NetElem {
-        net: cidr.parse().unwrap(),
-        proto,
-        ports: PortRange { first, last },
-    }
-}
+use egressd::firewall::{LogSettings, NsFirewall, Ruleset, SetName};
+use egressd::policy::{Mode, Proto};
 
 fn refused(r: std::io::Result<impl Sized>) -> bool {
     matches!(

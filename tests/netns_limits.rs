@@ -15,24 +15,13 @@ use egressd::policy::{Mode, PortRange, Proto};
 
 fn ruleset(limits: &str) -> Ruleset {
     Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings::default(),
-        nets: Vec::new(),
-        addrs: Vec::new(),
-        dns_redirect: None,
         limits: parse_limits(limits).expect("valid limits"),
-        anomaly: Default::default(),
+        ..Ruleset::empty(LogSettings::default())
     }
 }
 
 fn addr(ip: IpAddr, proto: Proto, port: u16) -> AddrElem {
-    AddrElem {
-        addr: ip,
-        proto,
-        port,
-        timeout: Duration::from_secs(300),
-    }
+    common::addr_elem(ip, proto, port, 300)
 }
 
 fn refused(r: std::io::Result<impl Sized>) -> bool {

@@ -17,28 +17,14 @@ use egressd::policy::{Mode, Proto};
 const GROUP: u16 = 4242;
 
 fn ruleset() -> Ruleset {
-    Ruleset {
-        mode: Mode::Enforce,
-        quarantined: false,
-        log: LogSettings {
-            group: GROUP,
-            ..LogSettings::default()
-        },
-        nets: Vec::new(),
-        addrs: Vec::new(),
-        dns_redirect: None,
-        limits: Default::default(),
-        anomaly: Default::default(),
-    }
+    Ruleset::empty(LogSettings {
+        group: GROUP,
+        ..LogSettings::default()
+    })
 }
 
 fn addr(ip: IpAddr, proto: Proto, port: u16) -> AddrElem {
-    AddrElem {
-        addr: ip,
-        proto,
-        port,
-        timeout: Duration::from_secs(300),
-    }
+    common::addr_elem(ip, proto, port, 300)
 }
 
 fn reader(pair: &Pair) -> NflogReader {

@@ -429,22 +429,11 @@ fn rule_exprs(rs: &Ruleset, rule: ChainRule) -> Vec<Expr> {
             ]
         }
         // limit rate R/second burst B packets log prefix P group G
-        ChainRule::Log => vec![
-            Expr::limit_per_second(u64::from(rs.log.rate_per_second), rs.log.burst),
-            Expr::log_group(rs.log.group, &cstr(rs.log_prefix())),
-        ],
+        ChainRule::Log => rate_limited_log(rs, rs.log_prefix()),
         // meta l4proto tcp counter name "denied" reject with tcp reset
-        ChainRule::RejectTcp => vec![
-            Expr::meta(libc::NFT_META_L4PROTO as u32, REG_1),
-            Expr::cmp_eq(REG_1, &[Proto::Tcp.number()]),
-            Expr::counter_ref(&cstr("denied")),
-            Expr::reject_tcp_reset(),
-        ],
+        ChainRule::RejectTcp => count_and_reset_tcp("denied"),
         // counter name "denied" reject with icmpx admin-prohibited
-        ChainRule::RejectOther => vec![
-            Expr::counter_ref(&cstr("denied")),
-            Expr::reject_icmpx_admin(),
-        ],
+        ChainRule::RejectOther => count_and_reject_icmpx("denied"),
         // counter name "denied" accept   (report mode)
         ChainRule::CountAndAccept => vec![Expr::counter_ref(&cstr("denied")), accept],
         // oifname != "lo" limit rate over RATE bytes/second burst BURST bytes jump budget
@@ -540,27 +529,42 @@ fn ifname(name: &str) -> [u8; 16] {
     out
 }
 
+/// `limit rate R/second burst B packets log prefix PREFIX group G` (the ruleset's log settings).
+fn rate_limited_log(rs: &Ruleset, prefix: &str) -> Vec<Expr> {
+    vec![
+        Expr::limit_per_second(u64::from(rs.log.rate_per_second), rs.log.burst),
+        Expr::log_group(rs.log.group, &cstr(prefix)),
+    ]
+}
+
+/// `meta l4proto tcp counter name COUNTER reject with tcp reset`
+fn count_and_reset_tcp(counter: &str) -> Vec<Expr> {
+    vec![
+        Expr::meta(libc::NFT_META_L4PROTO as u32, REG_1),
+        Expr::cmp_eq(REG_1, &[Proto::Tcp.number()]),
+        Expr::counter_ref(&cstr(counter)),
+        Expr::reject_tcp_reset(),
+    ]
+}
+
+/// `counter name COUNTER reject with icmpx admin-prohibited`
+fn count_and_reject_icmpx(counter: &str) -> Vec<Expr> {
+    vec![
+        Expr::counter_ref(&cstr(counter)),
+        Expr::reject_icmpx_admin(),
+    ]
+}
+
 /// The expressions of one rule of the budget chain (the comment above each arm is the
 /// `nft` syntax).
 fn budget_rule_exprs(rs: &Ruleset, rule: BudgetRule) -> Vec<Expr> {
     match rule {
         // limit rate R/second burst B packets log prefix "egressd-limit " group G
-        BudgetRule::Log => vec![
-            Expr::limit_per_second(u64::from(rs.log.rate_per_second), rs.log.burst),
-            Expr::log_group(rs.log.group, &cstr(rs.limit_log_prefix())),
-        ],
+        BudgetRule::Log => rate_limited_log(rs, rs.limit_log_prefix()),
         // meta l4proto tcp counter name "limited" reject with tcp reset
-        BudgetRule::RejectTcp => vec![
-            Expr::meta(libc::NFT_META_L4PROTO as u32, REG_1),
-            Expr::cmp_eq(REG_1, &[Proto::Tcp.number()]),
-            Expr::counter_ref(&cstr("limited")),
-            Expr::reject_tcp_reset(),
-        ],
+        BudgetRule::RejectTcp => count_and_reset_tcp("limited"),
         // counter name "limited" reject with icmpx admin-prohibited
-        BudgetRule::RejectOther => vec![
-            Expr::counter_ref(&cstr("limited")),
-            Expr::reject_icmpx_admin(),
-        ],
+        BudgetRule::RejectOther => count_and_reject_icmpx("limited"),
         // counter name "limited" return   (report mode)
         BudgetRule::CountAndReturn => vec![
             Expr::counter_ref(&cstr("limited")),

@@ -275,6 +275,15 @@ pub enum BudgetRule {
 }
 
 impl Ruleset {
+    /// An enforce-mode table with no elements yet: everything but loopback is rejected until
+    /// elements are added. Tests and benchmarks start from it.
+    pub fn empty(log: LogSettings) -> Self {
+        Ruleset {
+            quarantined: false,
+            ..Ruleset::quarantine(log)
+        }
+    }
+
     /// A deny-all table.
     pub fn quarantine(log: LogSettings) -> Self {
         Ruleset {

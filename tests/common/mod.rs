@@ -14,7 +14,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use egressd::firewall::Netns;
+use egressd::firewall::{AddrElem, NetElem, Netns};
+use egressd::policy::{PortRange, Proto};
 
 pub mod fake_dns;
 
@@ -315,5 +316,24 @@ pub fn wait_until(max: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A resolved element allowed for `secs` seconds.
+pub fn addr_elem(ip: IpAddr, proto: Proto, port: u16, secs: u64) -> AddrElem {
+    AddrElem {
+        addr: ip,
+        proto,
+        port,
+        timeout: Duration::from_secs(secs),
+    }
+}
+
+/// A static element: `cidr`, a protocol and the ports `first..=last`.
+pub fn net_elem(cidr: &str, proto: Proto, first: u16, last: u16) -> NetElem {
+    NetElem {
+        net: cidr.parse().unwrap(),
+        proto,
+        ports: PortRange { first, last },
     }
 }
